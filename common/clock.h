@@ -1,0 +1,38 @@
+/*
+ * clock: the few time functions everything uses. Header only.
+ *
+ * Monotonic milliseconds for timeouts and backoff (never the wall clock, which
+ * jumps); wall-clock seconds only for timestamps that users read. Liveness of
+ * workers is judged by the Redis server clock, not by these (see queue.c).
+ */
+#pragma once
+
+#include <errno.h>
+#include <stdint.h>
+#include <time.h>
+
+/* Monotonic time in milliseconds. */
+static inline int64_t clock_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wall-clock time as Unix seconds with a fraction (for `created`/`finished`). */
+static inline double clock_wall_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Sleep `ms` milliseconds, resuming after signals. */
+static inline void clock_sleep_ms(int64_t ms)
+{
+    if (ms <= 0)
+        return;
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}

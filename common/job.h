@@ -1,0 +1,222 @@
+/*
+ * job: the job protocol shared by the API and the workers.
+ *
+ * A generation request arrives as the JSON body of POST /generate (or
+ * POST /jobs). job_request_parse() checks every field of the HTTP contract in
+ * ../shared/DESIGN.md, applies the defaults and gives back a struct that owns
+ * its strings; job_request_to_json() writes the canonical payload that goes
+ * into the queue (every field, defaults filled in), which the worker parses
+ * again with job_request_parse(). The worker's result is a struct
+ * job_response, serialised with job_response_to_json() in the shape of
+ * MK1 Flywheel's response and read back with job_response_parse().
+ *
+ * Key decision: every rejected request names the field at fault. jansson
+ * refuses some bodies before we see a value (an integer too big for
+ * json_int_t, a byte that is not UTF-8, "\u0000" in a string, a duplicate
+ * key); for those, job_locate_field() walks the raw text to find which
+ * top-level member holds the byte offset jansson reports.
+ */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Return codes: 0, or one of these. */
+#define JOB_ERR_INVALID (-1) /* the input is wrong: HTTP 400; err says why */
+#define JOB_ERR_NOMEM   (-2) /* out of memory: HTTP 500 */
+
+/*
+ * Configured maxima. long long so that config options (CONFIG_INT) can point
+ * straight at the fields.
+ */
+struct job_limits {
+    long long max_num_samples;  /* num_samples <= this (16) */
+    long long max_tokens_limit; /* max_tokens <= this (32768) */
+    long long max_stop;         /* entries in stop (16) */
+    long long max_stop_len;     /* bytes in each stop string (256) */
+    long long max_eos_ids;      /* entries in eos_token_ids (64) */
+    long long max_text_bytes;   /* bytes of text, UTF-8 (1 MiB) */
+};
+
+#define JOB_LIMITS_DEFAULT                                                                         \
+    {                                                                                              \
+        .max_num_samples = 16, .max_tokens_limit = 32768, .max_stop = 16, .max_stop_len = 256,     \
+        .max_eos_ids = 64, .max_text_bytes = 1048576,                                              \
+    }
+
+/* The defaults above, as a value. Thread-safe. */
+struct job_limits job_limits_default(void);
+
+/*
+ * Why a body was rejected. field: the JSON field at fault ("" when the body as
+ * a whole is wrong: not JSON, truncated, not an object). message: what is
+ * wrong and what is allowed, e.g. "top_p must be a number in (0, 1], got 1.5".
+ * Both are NUL-terminated valid UTF-8, cut at a character boundary when long.
+ */
+struct job_error {
+    char field[64];
+    char message[256];
+};
+
+/*
+ * Fields the parser ignored. count: how many; names: the first
+ * JOB_UNKNOWN_MAX_NAMES of them in body order (each cut to fit at a UTF-8
+ * character boundary), so that the caller can write one log line.
+ */
+#define JOB_UNKNOWN_MAX_NAMES 8
+struct job_unknown {
+    size_t count;
+    size_t n_names; /* min(count, JOB_UNKNOWN_MAX_NAMES) */
+    char names[JOB_UNKNOWN_MAX_NAMES][64];
+};
+
+/* A validated request, every default applied. Owns everything it points to. */
+struct job_request {
+    char *text;         /* the prompt: valid UTF-8, no NUL inside, NUL-terminated */
+    size_t text_len;    /* bytes, without the terminator */
+    int max_tokens;     /* >= 1 */
+    int *eos_token_ids; /* n_eos_token_ids ids, each >= 0; NULL when there are none */
+    size_t n_eos_token_ids;
+    int max_input_tokens; /* >= 0; 0: no limit */
+    int num_samples;      /* >= 1 */
+    char **stop;          /* n_stop non-empty NUL-terminated strings; NULL when none */
+    size_t n_stop;
+    double temperature;       /* >= 0, finite; 0: greedy */
+    int top_k;                /* <= 0: disabled */
+    double top_p;             /* in (0, 1] */
+    double presence_penalty;  /* in [-2, 2] */
+    double frequency_penalty; /* in [-2, 2] */
+    int has_seed;             /* seed is set */
+    uint64_t seed;            /* <= INT64_MAX */
+};
+
+/*
+ * Parse and validate a request body (`len` bytes, need not be NUL-terminated).
+ *
+ * Fields, types and defaults are those of the contract in DESIGN.md; in
+ * addition:
+ * - a JSON null for an optional field means "use the default"; for text or
+ *   max_tokens it is the same as leaving the field out (an error);
+ * - a number field accepts integers (1 means 1.0); an integer field does not
+ *   accept reals, not even 5.0;
+ * - stop may also be a single string, read as a one-element list (as OpenAI
+ *   does); each stop string must be non-empty;
+ * - int fields are bounded by INT_MAX (eos ids, max_input_tokens, top_k too);
+ * - duplicate keys are an error naming the key;
+ * - unknown fields are ignored, and counted in *unknown.
+ * Errors inside a member's value (bad UTF-8, "\u0000", a number jansson cannot
+ * hold, a syntax error, nesting deeper than jansson's limit) name that
+ * member's key; a truncated body, an empty one, or one that is not an object
+ * gives field "".
+ *
+ * out: receives a new request (free with job_request_destroy), NULL on error.
+ * lim: borrowed; NULL means the defaults. err: borrowed, filled on error (may
+ * be NULL). unknown: borrowed, filled on success and on error (may be NULL).
+ * Returns 0, JOB_ERR_INVALID or JOB_ERR_NOMEM. Thread-safe (jansson is, with
+ * its default allocator). Reporting an error allocates nothing: the message
+ * goes into *err, and whatever was built before the error is freed.
+ */
+int job_request_parse(struct job_request **out, const char *body, size_t len,
+                      const struct job_limits *lim, struct job_error *err,
+                      struct job_unknown *unknown);
+
+/* Free a request and everything it owns. NULL is a no-op. */
+void job_request_destroy(struct job_request *r);
+
+/*
+ * The canonical queue payload: one compact JSON object with every field in the
+ * order of the contract, defaults filled in, seed only when has_seed.
+ * job_request_parse() of it gives a request equal to r (job_request_equal).
+ * r: borrowed. out: receives a new NUL-terminated string (free with free()).
+ * Returns 0, JOB_ERR_INVALID (text or a stop string is not valid UTF-8 or
+ * holds a NUL, a double is not finite, a count does not match) or
+ * JOB_ERR_NOMEM. Thread-safe.
+ */
+int job_request_to_json(const struct job_request *r, char **out);
+
+/* 1 when a and b (borrowed) hold the same values, else 0. Doubles compare
+ * with ==. Thread-safe. */
+int job_request_equal(const struct job_request *a, const struct job_request *b);
+
+/*
+ * Which top-level member of the JSON object in body[0..len) contains byte
+ * `offset`: a member spans from its key's opening quote to one past the last
+ * byte of its value. The walk is tolerant of broken JSON (it is meant for
+ * bodies jansson rejected), iterative (no recursion on nesting) and reads no
+ * byte outside [0, len). On success writes the decoded key (escapes resolved,
+ * cut at a character boundary to fit `cap`) to field_out and returns 0.
+ * Returns -1 when offset lies in no member, the body is not an object, or the
+ * key is not valid UTF-8 or holds a NUL; field_out is then "" (if cap > 0).
+ * Thread-safe.
+ */
+int job_locate_field(const char *body, size_t len, size_t offset, char *field_out, size_t cap);
+
+/*
+ * Write "a, b, c" (the names in u, borrowed), followed by ", ..." when more
+ * were counted than kept, into buf (cap bytes, always NUL-terminated when
+ * cap > 0, cut at a character boundary). Thread-safe.
+ */
+void job_unknown_format(const struct job_unknown *u, char *buf, size_t cap);
+
+/* Why a sample ended. */
+enum job_finish_reason {
+    JOB_FINISH_LENGTH = 0, /* max_tokens reached */
+    JOB_FINISH_EOS = 1,    /* an EOS token */
+    JOB_FINISH_STOP = 2,   /* a stop string */
+};
+
+/* "length", "eos" or "stop" (static strings); NULL for any other value. */
+const char *job_finish_reason_name(enum job_finish_reason reason);
+
+/* Parse one of the names above into *out. Returns 0, or JOB_ERR_INVALID. */
+int job_finish_reason_parse(const char *name, enum job_finish_reason *out);
+
+struct job_sample {
+    char *text; /* valid UTF-8, NUL-terminated; may hold NULs (text_len says) */
+    size_t text_len;
+    int generated_tokens; /* >= 0 */
+    double finished;      /* Unix seconds */
+    enum job_finish_reason finish_reason;
+};
+
+/*
+ * A finished job. When built by the worker the pointers may be borrowed
+ * (job_response_to_json only reads them); when it comes from
+ * job_response_parse everything is new and owned, freed by
+ * job_response_destroy.
+ */
+struct job_response {
+    double created;  /* Unix seconds */
+    double finished; /* Unix seconds */
+    char *prompt;    /* valid UTF-8, NUL-terminated; may hold NULs (prompt_len says) */
+    size_t prompt_len;
+    int prompt_tokens;          /* >= 0 */
+    struct job_sample *samples; /* num_samples of them */
+    size_t num_samples;
+};
+
+/*
+ * Serialise r (borrowed) as
+ * {"created":..,"finished":..,"num_samples":N,"prompt":"..","prompt_tokens":N,
+ *  "responses":[{"text":"..","generated_tokens":N,"finished":..,"finish_reason":"eos"}]}
+ * in that key order, compact, times with 16 significant digits (microseconds).
+ * out: receives a new NUL-terminated string (free with free()). Returns 0,
+ * JOB_ERR_INVALID (a string is not valid UTF-8, a time is not finite, a count
+ * is negative, a finish_reason is out of range) or JOB_ERR_NOMEM.
+ * Thread-safe.
+ */
+int job_response_to_json(const struct job_response *r, char **out);
+
+/*
+ * Read a response written by job_response_to_json (unknown keys are ignored;
+ * num_samples must equal the length of responses). out: receives a new
+ * response (free with job_response_destroy), NULL on error. err: borrowed,
+ * filled on error (may be NULL). Returns 0, JOB_ERR_INVALID or JOB_ERR_NOMEM.
+ * Thread-safe.
+ */
+int job_response_parse(struct job_response **out, const char *json, size_t len,
+                       struct job_error *err);
+
+/* Free r, its prompt, its samples and their texts (all must come from malloc,
+ * as job_response_parse makes them). NULL is a no-op. */
+void job_response_destroy(struct job_response *r);
