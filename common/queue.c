@@ -147,7 +147,9 @@ static void key(const struct queue *q, char out[QUEUE_KEY_MAX], const char *kind
 static int map_conn_error(struct queue *q, int rc, const char *what)
 {
     snprintf(q->errstr, sizeof(q->errstr), "%s: %s", what, redis_conn_errstr(q->conn));
-    return rc == REDIS_CONN_EIO ? QUEUE_EDOWN : rc == REDIS_CONN_EREPLY ? QUEUE_EREPLY : QUEUE_ENOMEM;
+    return rc == REDIS_CONN_EIO      ? QUEUE_EDOWN
+           : rc == REDIS_CONN_EREPLY ? QUEUE_EREPLY
+                                     : QUEUE_ENOMEM;
 }
 
 /*
@@ -266,8 +268,9 @@ int queue_enqueue(struct queue *q, const char *id, const char *payload, size_t p
     snprintf(att, sizeof(att), "%d", q->opts.max_attempts);
     snprintf(backlog, sizeof(backlog), "%ld", q->opts.max_backlog);
     snprintf(runtime, sizeof(runtime), "%d", q->opts.max_runtime_ms);
-    const char *argv[] = {jk, qk, id, payload, reply_to ? reply_to : "", idem_key ? idem_key : "",
-                          ttl, att, backlog, runtime};
+    const char *argv[] = {
+        jk,  qk,  id,      payload, reply_to ? reply_to : "", idem_key ? idem_key : "",
+        ttl, att, backlog, runtime};
     size_t lens[10];
     for (int i = 0; i < 10; i++)
         lens[i] = strlen(argv[i]);
@@ -668,8 +671,7 @@ int queue_reap(struct queue *q, struct queue_reap_result *out)
     snprintf(lease, sizeof(lease), "%d", q->opts.reap_lease_ms);
     snprintf(rttl, sizeof(rttl), "%d", q->opts.result_ttl_s);
     snprintf(dttl, sizeof(dttl), "%d", q->opts.dead_ttl_s);
-    const char *argv[] = {rk,   lk,   ttl, lease, rttl, dttl, out->skipped_liveness ? "1" : "0",
-                          "100"};
+    const char *argv[] = {rk, lk, ttl, lease, rttl, dttl, out->skipped_liveness ? "1" : "0", "100"};
     redisReply *r;
     int rc = run_script(q, QUEUE_LUA_REAP, 2, 8, argv, NULL, &r);
     if (rc < 0)

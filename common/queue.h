@@ -40,13 +40,13 @@
 #define QUEUE_ID_MAX 64 /* job ids, runner ids, API instance ids */
 
 /* Errors (negative). */
-#define QUEUE_EDOWN   (-1) /* Redis unreachable within the retry time */
-#define QUEUE_EREPLY  (-2) /* Redis refused (out of memory, ...): see queue_errstr */
-#define QUEUE_EPROTO  (-3) /* an unexpected reply */
-#define QUEUE_EARG    (-4) /* bad argument (id too long, bad prefix, ...) */
-#define QUEUE_ELOST   (-5) /* this runner was declared dead: re-register with a new id */
-#define QUEUE_ENOJOB  (-6) /* no such job (never existed, or its result expired) */
-#define QUEUE_ENOMEM  (-7)
+#define QUEUE_EDOWN  (-1) /* Redis unreachable within the retry time */
+#define QUEUE_EREPLY (-2) /* Redis refused (out of memory, ...): see queue_errstr */
+#define QUEUE_EPROTO (-3) /* an unexpected reply */
+#define QUEUE_EARG   (-4) /* bad argument (id too long, bad prefix, ...) */
+#define QUEUE_ELOST  (-5) /* this runner was declared dead: re-register with a new id */
+#define QUEUE_ENOJOB (-6) /* no such job (never existed, or its result expired) */
+#define QUEUE_ENOMEM (-7)
 
 enum queue_state {
     QUEUE_QUEUED,
@@ -57,15 +57,15 @@ enum queue_state {
 };
 
 struct queue_opts {
-    const char *prefix;   /* must contain a {hash tag}; copied */
-    int worker_ttl_ms;    /* a runner silent this long is dead */
-    int reap_lease_ms;    /* the reaper runs at most once per this, fleet-wide */
-    int max_attempts;     /* claims before a job that keeps losing its worker is buried */
-    int max_runtime_ms;   /* 0: none; else a running job older than this is recovered */
-    int result_ttl_s;     /* finished jobs stay readable this long */
-    int dead_ttl_s;       /* dead jobs stay readable this long */
-    int idem_ttl_ms;      /* an Idempotency-Key maps to its job this long */
-    long max_backlog;     /* 0: unbounded; else enqueue refuses beyond this many queued */
+    const char *prefix;    /* must contain a {hash tag}; copied */
+    int worker_ttl_ms;     /* a runner silent this long is dead */
+    int reap_lease_ms;     /* the reaper runs at most once per this, fleet-wide */
+    int max_attempts;      /* claims before a job that keeps losing its worker is buried */
+    int max_runtime_ms;    /* 0: none; else a running job older than this is recovered */
+    int result_ttl_s;      /* finished jobs stay readable this long */
+    int dead_ttl_s;        /* dead jobs stay readable this long */
+    int idem_ttl_ms;       /* an Idempotency-Key maps to its job this long */
+    long max_backlog;      /* 0: unbounded; else enqueue refuses beyond this many queued */
     int runner_info_ttl_s; /* the runner hash expires after this */
 };
 
@@ -100,9 +100,9 @@ const char *queue_state_name(enum queue_state s);
 /* ---- API side -------------------------------------------------------- */
 
 enum queue_enqueue_outcome {
-    QUEUE_ENQUEUED_NEW,   /* a new job */
+    QUEUE_ENQUEUED_NEW,      /* a new job */
     QUEUE_ENQUEUED_EXISTING, /* the id, or the idempotency key, already had a job */
-    QUEUE_ENQUEUE_FULL,   /* the backlog is at max_backlog; nothing was written */
+    QUEUE_ENQUEUE_FULL,      /* the backlog is at max_backlog; nothing was written */
 };
 
 /*
@@ -120,12 +120,12 @@ int queue_enqueue(struct queue *q, const char *id, const char *payload, size_t p
 struct queue_job_info {
     enum queue_state state;
     long attempts;
-    long position;  /* place in line while queued (0 = next), else -1 */
-    int dead;       /* failed because it used up max_attempts */
+    long position;                     /* place in line while queued (0 = next), else -1 */
+    int dead;                          /* failed because it used up max_attempts */
     double created, started, finished; /* Unix seconds (Redis clock); 0 when not yet */
     char worker[QUEUE_ID_MAX + 1];     /* last runner that claimed it, or "" */
-    char *result; /* new: the result JSON when done, else NULL */
-    char *error;  /* new: the error when failed/cancelled (or the last requeue reason), or NULL */
+    char *result;                      /* new: the result JSON when done, else NULL */
+    char *error; /* new: the error when failed/cancelled (or the last requeue reason), or NULL */
 };
 
 /* Free the strings inside (not the struct itself). */
@@ -159,10 +159,10 @@ int queue_inbox_wait(struct queue *q, const char *api_id, int block_ms,
                      char ids[][QUEUE_ID_MAX + 1], int max, int *n);
 
 struct queue_stats {
-    long backlog;        /* queued, not yet claimed */
-    long running;        /* claimed, not finished */
-    long runners;        /* runners with a fresh heartbeat */
-    long dead;           /* on the dead list */
+    long backlog;           /* queued, not yet claimed */
+    long running;           /* claimed, not finished */
+    long runners;           /* runners with a fresh heartbeat */
+    long dead;              /* on the dead list */
     double oldest_queued_s; /* age of the job next in line, or -1 */
     long enqueued, done, failed, cancelled, requeued, retried, released, dead_total;
 };
@@ -174,7 +174,7 @@ int queue_stats(struct queue *q, struct queue_stats *out);
 
 struct queue_claimed {
     char id[QUEUE_ID_MAX + 1];
-    long attempt; /* 1 for the first run; pass it back to queue_finish */
+    long attempt;  /* 1 for the first run; pass it back to queue_finish */
     char *payload; /* new: the request JSON as submitted */
     size_t payload_len;
 };
@@ -233,11 +233,11 @@ int queue_finish(struct queue *q, const char *wid, const char *id, long attempt,
 int queue_deregister(struct queue *q, const char *wid, int *released);
 
 struct queue_reap_result {
-    int ran;       /* this call held the lease (else another runner reaped recently) */
+    int ran;              /* this call held the lease (else another runner reaped recently) */
     int skipped_liveness; /* Redis restarted less than a ttl ago: runners not judged */
-    long runners;  /* runners declared dead */
-    long requeued; /* their jobs sent back to the queue */
-    long buried;   /* jobs that used up max_attempts, now dead */
+    long runners;         /* runners declared dead */
+    long requeued;        /* their jobs sent back to the queue */
+    long buried;          /* jobs that used up max_attempts, now dead */
 };
 
 /*

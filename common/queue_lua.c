@@ -19,14 +19,15 @@
 
 #include <stddef.h>
 
+/* clang-format off */
 #define PRELUDE                                                                                    \
     "local P = ARGV[1]\n"                                                                          \
     "local function now_ms()\n"                                                                    \
     "  local t = redis.call('TIME')\n"                                                             \
     "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"                         \
     "end\n"                                                                                        \
-    /* Wake every API instance waiting on this job: the submitter (reply_to)                     \
-     * and the watchers, each through its inbox list, once. */                                   \
+    "-- Wake every API instance waiting on this job: the submitter (reply_to)\n"                   \
+    "-- and the watchers, each through its inbox list, once.\n"                                    \
     "local function notify(id)\n"                                                                  \
     "  local jk = P .. ':job:' .. id\n"                                                            \
     "  local wk = jk .. ':w'\n"                                                                    \
@@ -44,7 +45,7 @@
     "  end\n"                                                                                      \
     "  redis.call('DEL', wk)\n"                                                                    \
     "end\n"                                                                                        \
-    /* Terminal transition: record, drop from the running index, expire, count, notify. */       \
+    "-- Terminal transition: record, drop from the running index, expire, count, notify.\n"        \
     "local function finish(id, state, field, value, ttl, now)\n"                                   \
     "  local jk = P .. ':job:' .. id\n"                                                            \
     "  redis.call('HSET', jk, 'state', state, 'finished_ms', now, field, value)\n"                 \
@@ -53,7 +54,7 @@
     "  redis.call('HINCRBY', P .. ':stats', state, 1)\n"                                           \
     "  notify(id)\n"                                                                               \
     "end\n"                                                                                        \
-    /* Back to the front of the line (consumers take from the right). */                         \
+    "-- Back to the front of the line (consumers take from the right).\n"                          \
     "local function requeue(id, reason)\n"                                                         \
     "  local jk = P .. ':job:' .. id\n"                                                            \
     "  redis.call('HSET', jk, 'state', 'queued')\n"                                                \
@@ -62,7 +63,7 @@
     "  redis.call('RPUSH', P .. ':queue', id)\n"                                                   \
     "  redis.call('ZADD', P .. ':wake', 0, 'w')\n"                                                 \
     "end\n"                                                                                        \
-    /* Give up on a job: failed, marked dead, on the dead list (capped). */                      \
+    "-- Give up on a job: failed, marked dead, on the dead list (capped).\n"                       \
     "local function bury(id, reason, ttl, now)\n"                                                  \
     "  redis.call('HSET', P .. ':job:' .. id, 'dead', '1')\n"                                      \
     "  finish(id, 'failed', 'error', reason, ttl, now)\n"                                          \
@@ -308,6 +309,8 @@ static const char lua_deregister[] = PRELUDE
     "redis.call('DEL', KEYS[2], P .. ':runner:' .. wid)\n"
     "redis.call('ZREM', KEYS[1], wid)\n"
     "return n\n";
+
+/* clang-format on */
 
 static const struct {
     const char *name;

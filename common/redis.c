@@ -26,14 +26,14 @@ struct redis_conn {
     char name[64];
     char addr[300];
     char errstr[512];
-    int up;                  /* last call reached Redis */
-    int ever_connected;      /* for the first log line */
+    int up;                   /* last call reached Redis */
+    int ever_connected;       /* for the first log line */
     unsigned long generation; /* successful (re)connects */
-    int failures;            /* consecutive failed connects */
-    int64_t next_attempt_ms; /* monotonic: no connect before this */
-    int64_t down_since_ms;   /* when the current outage began, or 0 */
-    int64_t last_warn_ms;    /* rate limit for "still down" lines */
-    uint64_t rng;            /* xorshift state for jitter */
+    int failures;             /* consecutive failed connects */
+    int64_t next_attempt_ms;  /* monotonic: no connect before this */
+    int64_t down_since_ms;    /* when the current outage began, or 0 */
+    int64_t last_warn_ms;     /* rate limit for "still down" lines */
+    uint64_t rng;             /* xorshift state for jitter */
 };
 
 /* ---- URL parsing ------------------------------------------------------- */
@@ -393,9 +393,8 @@ static int conn_ensure(struct redis_conn *c, int64_t deadline_ms)
                      c->errstr);
         } else if (now - c->last_warn_ms >= 10000) {
             c->last_warn_ms = now;
-            log_warn("redis %s: still cannot connect to %s after %d attempts (%.0f s): %s",
-                     c->name, c->addr, c->failures, (double)(now - c->down_since_ms) / 1e3,
-                     c->errstr);
+            log_warn("redis %s: still cannot connect to %s after %d attempts (%.0f s): %s", c->name,
+                     c->addr, c->failures, (double)(now - c->down_since_ms) / 1e3, c->errstr);
         }
         c->next_attempt_ms = now + conn_backoff_ms(c);
     }

@@ -24,11 +24,11 @@
 #include "common/queue.h"
 #include "tests/support/redis_server.h"
 
-#define SEQ_JOBS   5000
-#define CONC_JOBS  40000
-#define PRODUCERS  8
-#define WORKERS    4
-#define PAYLOAD    "{\"text\":\"Once upon a time\",\"max_tokens\":64}"
+#define SEQ_JOBS  5000
+#define CONC_JOBS 40000
+#define PRODUCERS 8
+#define WORKERS   4
+#define PAYLOAD   "{\"text\":\"Once upon a time\",\"max_tokens\":64}"
 
 static struct test_redis srv;
 static volatile int stop_workers;
@@ -98,8 +98,7 @@ static void *producer(void *arg)
         char id[QUEUE_ID_MAX + 1], got[QUEUE_ID_MAX + 1];
         enum queue_enqueue_outcome oc;
         ids_job_id(id);
-        check(queue_enqueue(q, id, PAYLOAD, strlen(PAYLOAD), "api1", NULL, got, &oc), q,
-              "enqueue");
+        check(queue_enqueue(q, id, PAYLOAD, strlen(PAYLOAD), "api1", NULL, got, &oc), q, "enqueue");
     }
     queue_destroy(q);
     return NULL;
@@ -168,8 +167,8 @@ static double lpush_rate(int clients)
 {
     char cmd[256], line[512];
     snprintf(cmd, sizeof(cmd),
-             "redis-benchmark -h 127.0.0.1 -p %d -c %d -n 200000 -t lpush -q 2>/dev/null",
-             srv.port, clients);
+             "redis-benchmark -h 127.0.0.1 -p %d -c %d -n 200000 -t lpush -q 2>/dev/null", srv.port,
+             clients);
     FILE *f = popen(cmd, "r");
     if (!f)
         return -1;
@@ -194,7 +193,8 @@ int main(void)
     double lp1 = lpush_rate(1);
     double conc = concurrent();
     double lp50 = lpush_rate(50);
-    printf("queue round trips (enqueue -> claim -> complete -> notify), redis-server on loopback\n");
+    printf(
+        "queue round trips (enqueue -> claim -> complete -> notify), redis-server on loopback\n");
     printf("  %-44s %10.0f jobs/s\n", "1 client, in sequence:", seq);
     printf("  %-44s %10.0f req/s   ratio %.3f\n", "redis-benchmark -c 1 -t lpush:", lp1,
            lp1 > 0 ? seq / lp1 : 0);

@@ -510,9 +510,9 @@ static void test_retry_requeues_then_buries_past_max_attempts(void **state)
         claim_one(q, "w1", id, attempt);
         int recorded = 0;
         const char *why = "CUDA out of memory";
-        assert_int_equal(queue_finish(q, "w1", id, attempt, QUEUE_OUTCOME_RETRY, why, strlen(why),
-                                      &recorded),
-                         0);
+        assert_int_equal(
+            queue_finish(q, "w1", id, attempt, QUEUE_OUTCOME_RETRY, why, strlen(why), &recorded),
+            0);
         assert_int_equal(recorded, 1);
     }
     struct queue_job_info info;
@@ -904,15 +904,15 @@ static void test_no_mass_reap_right_after_a_redis_restart(void **state)
 
 /* ---- many producers and consumers ------------------------------------ */
 
-#define PRODUCERS 8
-#define CONSUMERS 4
+#define PRODUCERS    8
+#define CONSUMERS    4
 #define PER_PRODUCER 250
-#define TOTAL (PRODUCERS * PER_PRODUCER)
+#define TOTAL        (PRODUCERS * PER_PRODUCER)
 
 struct drain {
     int index;
-    int done;        /* jobs this consumer finished */
-    int bad_finish;  /* finishes that were not recorded */
+    int done;       /* jobs this consumer finished */
+    int bad_finish; /* finishes that were not recorded */
     char (*claimed)[QUEUE_ID_MAX + 1];
     int n_claimed;
     volatile int *stop;

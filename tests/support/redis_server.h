@@ -18,7 +18,7 @@ struct test_redis {
     pid_t pid; /* 0 while stopped */
     int port;
     char dir[256];
-    char url[64]; /* redis://127.0.0.1:<port> */
+    char url[64];         /* redis://127.0.0.1:<port> */
     char appendfsync[16]; /* "always" (tests) or "everysec" (benchmarks) */
 };
 
