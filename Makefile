@@ -21,6 +21,7 @@ WARN    := -Wall -Wextra -Wshadow -Werror
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE $(WARN) -I. $(PKG_CFLAGS) -MMD -MP
 LDLIBS  := $(PKG_LIBS) -lm -lpthread
+TEST_LIBS := -lcmocka -lcurl
 SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 COMMON_SRC := $(wildcard common/*.c)
@@ -31,6 +32,8 @@ TEST_SRC    := $(wildcard tests/test_*.c)
 SUPPORT_SRC := $(wildcard tests/support/*.c)
 BENCH_SRC   := $(wildcard tests/bench_*.c)
 FUZZ_SRC    := $(wildcard tests/fuzz_*.c)
+# Other tests/*.c are programs the tests run (test doubles such as fake_worker).
+TOOL_SRC    := $(filter-out $(TEST_SRC) $(BENCH_SRC) $(FUZZ_SRC),$(wildcard tests/*.c))
 
 obj  = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 aobj = $(patsubst %.c,$(BUILD)/asan/obj/%.o,$(1))
@@ -45,6 +48,7 @@ TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 ASAN_TESTS := $(patsubst tests/%.c,$(BUILD)/asan/tests/%,$(TEST_SRC))
 BENCHES    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(BENCH_SRC))
 FUZZERS    := $(patsubst tests/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
+TOOLS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TOOL_SRC))
 
 .PHONY: all test check check-unit check-asan bench fuzz run format format-check clean deps
 
@@ -70,11 +74,11 @@ $(BUILD)/asan/obj/%.o: %.c
 .SECONDEXPANSION:
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $$(call test_deps,obj,tests/%.c)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(TEST_LIBS)
 
 $(BUILD)/asan/tests/%: $(BUILD)/asan/obj/tests/%.o $$(call test_deps,aobj,tests/%.c)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(SAN) -o $@ $^ $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) $(SAN) -o $@ $^ $(LDLIBS) $(TEST_LIBS)
 
 # libFuzzer needs clang; the fuzz targets are built from source with the
 # fuzzer and the sanitizers in one step.
@@ -95,11 +99,11 @@ run: deps
 deps:
 	@scripts/deps.sh
 
-check: all $(TESTS) $(ASAN_TESTS)
+check: all $(TOOLS) $(TESTS) $(ASAN_TESTS)
 	@scripts/run-tests.sh $(TESTS) -- $(ASAN_TESTS)
 
 bench: deps
-	@$(MAKE) --no-print-directory all $(BENCHES)
+	@$(MAKE) --no-print-directory all $(TOOLS) $(BENCHES)
 	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
 
 FUZZ_SECONDS ?= 60

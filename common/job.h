@@ -1,20 +1,19 @@
 /*
- * job: the job protocol shared by the API and the workers.
+ * job: the job protocol shared by the API and the workers; this module is
+ * the request half (the response half is job_response.h).
  *
  * A generation request arrives as the JSON body of POST /generate (or
  * POST /jobs). job_request_parse() checks every field of the HTTP contract in
  * ../shared/DESIGN.md, applies the defaults and gives back a struct that owns
  * its strings; job_request_to_json() writes the canonical payload that goes
  * into the queue (every field, defaults filled in), which the worker parses
- * again with job_request_parse(). The worker's result is a struct
- * job_response, serialised with job_response_to_json() in the shape of
- * MK1 Flywheel's response and read back with job_response_parse().
+ * again with job_request_parse().
  *
  * Key decision: every rejected request names the field at fault. jansson
  * refuses some bodies before we see a value (an integer too big for
  * json_int_t, a byte that is not UTF-8, "\u0000" in a string, a duplicate
- * key); for those, job_locate_field() walks the raw text to find which
- * top-level member holds the byte offset jansson reports.
+ * key); for those, jsonscan_locate() (common/jsonscan.h) walks the raw text
+ * to find which top-level member holds the byte offset jansson reports.
  */
 #pragma once
 
@@ -139,84 +138,44 @@ int job_request_to_json(const struct job_request *r, char **out);
 int job_request_equal(const struct job_request *a, const struct job_request *b);
 
 /*
- * Which top-level member of the JSON object in body[0..len) contains byte
- * `offset`: a member spans from its key's opening quote to one past the last
- * byte of its value. The walk is tolerant of broken JSON (it is meant for
- * bodies jansson rejected), iterative (no recursion on nesting) and reads no
- * byte outside [0, len). On success writes the decoded key (escapes resolved,
- * cut at a character boundary to fit `cap`) to field_out and returns 0.
- * Returns -1 when offset lies in no member, the body is not an object, or the
- * key is not valid UTF-8 or holds a NUL; field_out is then "" (if cap > 0).
- * Thread-safe.
- */
-int job_locate_field(const char *body, size_t len, size_t offset, char *field_out, size_t cap);
-
-/*
  * Write "a, b, c" (the names in u, borrowed), followed by ", ..." when more
  * were counted than kept, into buf (cap bytes, always NUL-terminated when
  * cap > 0, cut at a character boundary). Thread-safe.
  */
 void job_unknown_format(const struct job_unknown *u, char *buf, size_t cap);
 
-/* Why a sample ended. */
-enum job_finish_reason {
-    JOB_FINISH_LENGTH = 0, /* max_tokens reached */
-    JOB_FINISH_EOS = 1,    /* an EOS token */
-    JOB_FINISH_STOP = 2,   /* a stop string */
-};
-
-/* "length", "eos" or "stop" (static strings); NULL for any other value. */
-const char *job_finish_reason_name(enum job_finish_reason reason);
-
-/* Parse one of the names above into *out. Returns 0, or JOB_ERR_INVALID. */
-int job_finish_reason_parse(const char *name, enum job_finish_reason *out);
-
-struct job_sample {
-    char *text; /* valid UTF-8, NUL-terminated; may hold NULs (text_len says) */
-    size_t text_len;
-    int generated_tokens; /* >= 0 */
-    double finished;      /* Unix seconds */
-    enum job_finish_reason finish_reason;
-};
-
 /*
- * A finished job. When built by the worker the pointers may be borrowed
- * (job_response_to_json only reads them); when it comes from
- * job_response_parse everything is new and owned, freed by
- * job_response_destroy.
+ * Helpers shared by the protocol's two modules, job.c and job_response.c;
+ * other callers have no use for them. Each is thread-safe. The jansson types
+ * are declared, not included: json_t and json_error_t are typedefs of these
+ * structs.
  */
-struct job_response {
-    double created;  /* Unix seconds */
-    double finished; /* Unix seconds */
-    char *prompt;    /* valid UTF-8, NUL-terminated; may hold NULs (prompt_len says) */
-    size_t prompt_len;
-    int prompt_tokens;          /* >= 0 */
-    struct job_sample *samples; /* num_samples of them */
-    size_t num_samples;
-};
+struct json_t;
+struct json_error_t;
 
-/*
- * Serialise r (borrowed) as
- * {"created":..,"finished":..,"num_samples":N,"prompt":"..","prompt_tokens":N,
- *  "responses":[{"text":"..","generated_tokens":N,"finished":..,"finish_reason":"eos"}]}
- * in that key order, compact, times with 16 significant digits (microseconds).
- * out: receives a new NUL-terminated string (free with free()). Returns 0,
- * JOB_ERR_INVALID (a string is not valid UTF-8, a time is not finite, a count
- * is negative, a finish_reason is out of range) or JOB_ERR_NOMEM.
- * Thread-safe.
- */
-int job_response_to_json(const struct job_response *r, char **out);
+/* Fill err (borrowed, may be NULL): field, and the message formatted from
+ * fmt, both cut at a character boundary to fit and made valid UTF-8 whatever
+ * the arguments hold. Returns JOB_ERR_INVALID. Allocates nothing. */
+int job_fail(struct job_error *err, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
-/*
- * Read a response written by job_response_to_json (unknown keys are ignored;
- * num_samples must equal the length of responses). out: receives a new
- * response (free with job_response_destroy), NULL on error. err: borrowed,
- * filled on error (may be NULL). Returns 0, JOB_ERR_INVALID or JOB_ERR_NOMEM.
- * Thread-safe.
- */
-int job_response_parse(struct job_response **out, const char *json, size_t len,
-                       struct job_error *err);
+/* Fill err (may be NULL) with field "" and "out of memory". Returns
+ * JOB_ERR_NOMEM. */
+int job_nomem(struct job_error *err);
 
-/* Free r, its prompt, its samples and their texts (all must come from malloc,
- * as job_response_parse makes them). NULL is a no-op. */
-void job_response_destroy(struct job_response *r);
+/* A new NUL-terminated copy of s[0..n) (borrowed; may hold NULs), free with
+ * free(); NULL when out of memory. */
+char *job_dup_n(const char *s, size_t n);
+
+/* What v (borrowed) is, for "got ...": an integer, real or boolean shows its
+ * value (a real always with a '.' or an 'e'), null "null", anything else its
+ * type ("string", "array", "object"). Returns buf (cap bytes, at least 32) or
+ * a static string. */
+const char *job_describe(const struct json_t *v, char *buf, size_t cap);
+
+/* Turn jansson's refusal (je, borrowed) of body[0..len) into err (may be
+ * NULL), naming the top-level member that holds the offset jansson reports
+ * when there is one (field "" otherwise). Returns JOB_ERR_INVALID, or
+ * JOB_ERR_NOMEM when jansson ran out of memory. Allocates nothing. */
+int job_load_error(const char *body, size_t len, const struct json_error_t *je,
+                   struct job_error *err);

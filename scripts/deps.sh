@@ -7,7 +7,7 @@ set -euo pipefail
 pkgs=("$@")
 if [ ${#pkgs[@]} -eq 0 ]; then
     pkgs=(gcc make pkg-config libhiredis-dev libmicrohttpd-dev libjansson-dev
-          libcmocka-dev redis-server redis-tools curl)
+          libcmocka-dev libcurl4-openssl-dev redis-server redis-tools curl)
 fi
 
 missing=()

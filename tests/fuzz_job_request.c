@@ -1,11 +1,11 @@
 /*
- * libFuzzer target for common/job.c: any bytes go to job_request_parse. A
- * rejected body must leave a non-empty, valid UTF-8 message and field (the
- * API puts both into a JSON error); an accepted one must survive
- * job_request_to_json and parse again to an equal request. job_locate_field
- * runs on every input at a few offsets, and the bytes are also read as a
- * response, which must survive its own round trip. Any broken invariant
- * aborts.
+ * libFuzzer target for the job protocol (common/job.c, job_response.c,
+ * jsonscan.c): any bytes go to job_request_parse. A rejected body must leave
+ * a non-empty, valid UTF-8 message and field (the API puts both into a JSON
+ * error); an accepted one must survive job_request_to_json and parse again to
+ * an equal request. jsonscan_locate runs on every input at a few offsets, and
+ * the bytes are also read as a response, which must survive its own round
+ * trip. Any broken invariant aborts.
  */
 #include <jansson.h>
 #include <stdint.h>
@@ -13,6 +13,8 @@
 #include <string.h>
 
 #include "common/job.h"
+#include "common/job_response.h"
+#include "common/jsonscan.h"
 
 /* Whether s is NUL-terminated within cap bytes and valid UTF-8 (jansson
  * refuses anything else). */
@@ -65,8 +67,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     size_t offsets[] = {0, size / 3, size / 2, size > 0 ? size - 1 : 0, size};
     for (size_t i = 0; i < sizeof offsets / sizeof offsets[0]; i++) {
-        int found = job_locate_field(body, size, offsets[i], field, sizeof field);
-        if (!valid_text(field, sizeof field) || (found != 0 && field[0] != '\0'))
+        int in_key = -1;
+        int found = jsonscan_locate(body, size, offsets[i], field, sizeof field, &in_key);
+        if (!valid_text(field, sizeof field) || (found != 0 && field[0] != '\0') ||
+            (found == 0 ? in_key != 0 && in_key != 1 : in_key != -1))
             abort();
     }
 

@@ -3,21 +3,19 @@
  */
 #include "tests/support/redis_server.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "tests/support/proc.h"
 
 #define MAX_SERVERS 8
 static struct test_redis *live[MAX_SERVERS];
@@ -28,22 +26,6 @@ static void cleanup_all(void)
     for (int i = 0; i < MAX_SERVERS; i++)
         if (live[i])
             test_redis_destroy(live[i]);
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(a);
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
 }
 
 redisContext *test_redis_connect(const struct test_redis *r)
@@ -154,7 +136,7 @@ int test_redis_start_fsync(struct test_redis *r, const char *appendfsync)
         }
     }
     for (int attempt = 0; attempt < 5; attempt++) {
-        r->port = free_port();
+        r->port = proc_free_port();
         snprintf(r->url, sizeof(r->url), "redis://127.0.0.1:%d", r->port);
         if (r->port > 0 && spawn(r) == 0)
             return 0;

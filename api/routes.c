@@ -1,0 +1,527 @@
+/*
+ * routes: what each endpoint of millrace-api does (see routes.h).
+ *
+ * Key decision: register before looking. A request that will wait for a job
+ * is parked (waiters.c) before the job is enqueued, or before a long poll's
+ * first read of its state (which also registers this instance as a watcher
+ * in Redis), so a job that finishes at any moment wakes it.
+ */
+#include "api/routes.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+
+#include "api/server.h"
+#include "api/status.h"
+#include "common/clock.h"
+#include "common/ids.h"
+#include "common/log.h"
+
+/* ---- classify --------------------------------------------------------- */
+
+static int method_is(const char *m, const char *want)
+{
+    return strcmp(m, want) == 0;
+}
+
+static int not_allowed(struct api_request *r, const char *allow)
+{
+    struct api_header h = {"Allow", allow};
+    char msg[128];
+    snprintf(msg, sizeof(msg), "%s is not allowed here; allowed: %s", r->method, allow);
+    server_error(r, 405, "method_not_allowed", msg, NULL, NULL, &h, 1);
+    return -1;
+}
+
+/* The id in /jobs/{id}, or NULL when url is not of that shape. */
+static const char *job_id_of(const char *url)
+{
+    if (strncmp(url, "/jobs/", 6) != 0)
+        return NULL;
+    return url + 6;
+}
+
+int routes_classify(struct api_request *r, const char *url, const char *method)
+{
+    int get = method_is(method, "GET") || method_is(method, "HEAD");
+    if (strcmp(url, "/generate") == 0) {
+        r->route = METRICS_ROUTE_GENERATE;
+        return method_is(method, "POST") ? ROUTES_NEED_BODY | ROUTES_NEED_AUTH
+                                         : not_allowed(r, "POST");
+    }
+    if (strcmp(url, "/jobs") == 0) {
+        r->route = METRICS_ROUTE_JOBS_SUBMIT;
+        return method_is(method, "POST") ? ROUTES_NEED_BODY | ROUTES_NEED_AUTH
+                                         : not_allowed(r, "POST");
+    }
+    const char *id = job_id_of(url);
+    if (id && ids_job_id_valid(id)) {
+        if (get) {
+            r->route = METRICS_ROUTE_JOBS_GET;
+            return ROUTES_NEED_AUTH;
+        }
+        if (method_is(method, "DELETE")) {
+            r->route = METRICS_ROUTE_JOBS_DELETE;
+            return ROUTES_NEED_AUTH;
+        }
+        return not_allowed(r, "GET, HEAD, DELETE");
+    }
+    if (strcmp(url, "/health") == 0 || strcmp(url, "/stats") == 0 || strcmp(url, "/metrics") == 0) {
+        r->route = url[1] == 'h'   ? METRICS_ROUTE_HEALTH
+                   : url[1] == 's' ? METRICS_ROUTE_STATS
+                                   : METRICS_ROUTE_METRICS;
+        if (!get)
+            return not_allowed(r, "GET, HEAD");
+        return r->route == METRICS_ROUTE_STATS ? ROUTES_NEED_AUTH : ROUTES_NEED_NONE;
+    }
+    char msg[200];
+    snprintf(msg, sizeof(msg), "no such endpoint: %.120s", url);
+    server_error(r, 404, "not_found", msg, NULL, NULL, NULL, 0);
+    return -1;
+}
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static int reply_json(struct api_request *r, int status, json_t *root,
+                      const struct api_header *headers, size_t n)
+{
+    /* 15 digits: Unix times to the millisecond, without binary noise */
+    char *text =
+        root ? json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15))
+             : NULL;
+    json_decref(root);
+    if (!text)
+        return server_error(r, 500, "internal_error", "out of memory", NULL, NULL, NULL, 0);
+    int rc = server_reply(r, status, text, strlen(text), headers, n);
+    free(text);
+    return rc;
+}
+
+/* The answer when Redis could not do what we asked. */
+static int redis_trouble(struct api_request *r, int rc, struct queue *q)
+{
+    const struct api_config *c = server_config(r->srv);
+    char retry[16], msg[400];
+    snprintf(retry, sizeof(retry), "%d", c->retry_after_s);
+    struct api_header h = {"Retry-After", retry};
+    snprintf(msg, sizeof(msg), "%s: %s",
+             rc == QUEUE_EDOWN ? "Redis is unreachable" : "Redis refused the request",
+             q ? queue_errstr(q) : "");
+    log_warn("%s %s: %s", r->method, r->path, msg);
+    return server_error(r, 503, "unavailable", msg, NULL, NULL, &h, 1);
+}
+
+/* {"id", "status", "position"?, "attempts", "created", "started"?, "finished"?,
+ *  "response"? | "error"?} */
+static json_t *job_json(const char *id, const struct queue_job_info *info)
+{
+    json_t *o = json_pack("{s:s, s:s}", "id", id, "status", queue_state_name(info->state));
+    if (!o)
+        return NULL;
+    if (info->state == QUEUE_QUEUED && info->position >= 0)
+        json_object_set_new(o, "position", json_integer(info->position));
+    json_object_set_new(o, "attempts", json_integer(info->attempts));
+    json_object_set_new(o, "created", json_real(info->created));
+    if (info->started > 0)
+        json_object_set_new(o, "started", json_real(info->started));
+    if (info->finished > 0)
+        json_object_set_new(o, "finished", json_real(info->finished));
+    if (info->state == QUEUE_DONE && info->result) {
+        json_t *resp = json_loads(info->result, JSON_DECODE_ANY, NULL);
+        json_object_set_new(o, "response", resp ? resp : json_string(info->result));
+    }
+    if (info->state == QUEUE_FAILED || info->state == QUEUE_CANCELLED) {
+        const char *type = info->state == QUEUE_CANCELLED ? "cancelled" : "job_failed";
+        json_object_set_new(o, "error",
+                            json_pack("{s:s, s:s}", "type", type, "message",
+                                      info->error ? info->error : "no reason recorded"));
+    }
+    return o;
+}
+
+/* The answer to a synchronous /generate once its job has finished. */
+static int reply_final(struct api_request *r, const struct queue_job_info *info)
+{
+    switch (info->state) {
+    case QUEUE_DONE:
+        if (!info->result)
+            break;
+        return server_reply(r, 200, info->result, strlen(info->result), NULL, 0);
+    case QUEUE_FAILED:
+        return server_error(r, 500, "job_failed", info->error ? info->error : "the job failed",
+                            NULL, r->job_id, NULL, 0);
+    case QUEUE_CANCELLED:
+        return server_error(r, 409, "cancelled", "the job was cancelled", NULL, r->job_id, NULL, 0);
+    default:
+        break;
+    }
+    return server_error(r, 500, "internal_error", "the job finished without a result", NULL,
+                        r->job_id, NULL, 0);
+}
+
+static void park(struct api_request *r, const char *id, enum waiter_kind kind, int64_t wait_ms)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    snprintf(r->w.id, sizeof(r->w.id), "%s", id);
+    r->w.kind = kind;
+    r->w.conn = r->conn;
+    r->w.fd = ci ? ci->connect_fd : -1;
+    r->w.deadline_ms = clock_now_ms() + wait_ms;
+    r->parked = 1;
+    waiters_park(server_waiters(r->srv), &r->w);
+}
+
+/* A parked request failed before it could wait: answer through resume. */
+static int fail_parked(struct api_request *r, int status, const char *type, const char *msg)
+{
+    r->err_status = status;
+    r->err_type = type;
+    snprintf(r->err_message, sizeof(r->err_message), "%s", msg);
+    waiters_resolve(server_waiters(r->srv), &r->w, WAITER_ERROR, NULL);
+    return MHD_YES;
+}
+
+/* Look at the job once after parking (register-then-check): wakes the
+ * request at once when the job is already over. */
+static void first_look(struct api_request *r, struct queue *q, int watch_s)
+{
+    const struct api_config *c = server_config(r->srv);
+    struct queue_job_info info;
+    int rc = queue_job_get(q, r->w.id, c->api_id, watch_s, &info);
+    if (rc == QUEUE_ENOJOB) {
+        waiters_resolve(server_waiters(r->srv), &r->w, WAITER_LOST, NULL);
+    } else if (rc < 0) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "Redis is unreachable: %s", queue_errstr(q));
+        fail_parked(r, 503, "unavailable", msg);
+    } else if (info.state == QUEUE_DONE || info.state == QUEUE_FAILED ||
+               info.state == QUEUE_CANCELLED) {
+        waiters_resolve(server_waiters(r->srv), &r->w, WAITER_FINISHED, &info);
+    } else {
+        queue_job_info_fini(&info);
+    }
+}
+
+/* ---- POST /generate and POST /jobs -------------------------------------- */
+
+static int idempotency_key(struct api_request *r, const char **out)
+{
+    const char *k = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Idempotency-Key");
+    *out = NULL;
+    if (!k)
+        return 0;
+    size_t n = strlen(k);
+    int ok = n > 0 && n <= 255;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = k[i] > ' ' && k[i] < 0x7f;
+    if (!ok) {
+        server_error(r, 400, "invalid_request",
+                     "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces",
+                     "Idempotency-Key", NULL, NULL, 0);
+        return -1;
+    }
+    *out = k;
+    return 0;
+}
+
+static int handle_submit(struct api_request *r, int sync)
+{
+    const struct api_config *c = server_config(r->srv);
+    struct job_error je;
+    struct job_unknown unk;
+    struct job_request *req = NULL;
+    int rc = job_request_parse(&req, r->body ? r->body : "", r->body_len, &c->limits, &je, &unk);
+    if (rc == JOB_ERR_NOMEM)
+        return server_error(r, 500, "internal_error", "out of memory", NULL, NULL, NULL, 0);
+    if (rc < 0)
+        return server_error(r, 400, "invalid_request", je.message, je.field, NULL, NULL, 0);
+    if (unk.count > 0) {
+        char names[400];
+        job_unknown_format(&unk, names, sizeof(names));
+        log_info("%s: ignored %zu unknown field(s): %s", r->path, unk.count, names);
+    }
+    char *payload = NULL;
+    rc = job_request_to_json(req, &payload);
+    job_request_destroy(req);
+    if (rc < 0)
+        return server_error(r, 500, "internal_error", "out of memory", NULL, NULL, NULL, 0);
+    const char *idem;
+    if (idempotency_key(r, &idem) < 0) {
+        free(payload);
+        return MHD_YES;
+    }
+
+    char id[QUEUE_ID_MAX + 1], got[QUEUE_ID_MAX + 1];
+    if (ids_job_id(id) < 0) {
+        free(payload);
+        return server_error(r, 500, "internal_error", "no randomness for a job id", NULL, NULL,
+                            NULL, 0);
+    }
+    int64_t wait_ms = (int64_t)c->request_timeout_s * 1000;
+    /* without an idempotency key the id is ours: park first, nothing can be missed */
+    if (sync && !idem)
+        park(r, id, WAITER_RESULT, wait_ms);
+    struct queue *q = server_queue_take(r->srv);
+    enum queue_enqueue_outcome oc;
+    rc = queue_enqueue(q, id, payload, strlen(payload), sync ? c->api_id : "", idem, got, &oc);
+    free(payload);
+    if (rc == 0 && oc != QUEUE_ENQUEUE_FULL)
+        snprintf(r->job_id, sizeof(r->job_id), "%s", got);
+
+    int ret = MHD_YES;
+    char retry[16];
+    snprintf(retry, sizeof(retry), "%d", c->retry_after_s);
+    if (rc < 0 || oc == QUEUE_ENQUEUE_FULL) {
+        char msg[400];
+        int status = rc < 0 ? 503 : 429;
+        if (rc < 0)
+            snprintf(msg, sizeof(msg), "%s: %s",
+                     rc == QUEUE_EDOWN ? "Redis is unreachable" : "Redis refused the job",
+                     queue_errstr(q));
+        else
+            snprintf(msg, sizeof(msg), "the queue is full (%ld jobs waiting); retry after %d s",
+                     c->queue.max_backlog, c->retry_after_s);
+        if (rc < 0)
+            log_warn("%s: %s", r->path, msg);
+        if (r->parked) {
+            fail_parked(r, status, rc < 0 ? "unavailable" : "queue_full", msg);
+        } else {
+            struct api_header h = {"Retry-After", retry};
+            ret = server_error(r, status, rc < 0 ? "unavailable" : "queue_full", msg, NULL, NULL,
+                               &h, 1);
+        }
+    } else if (sync) {
+        if (!r->parked) { /* enqueued first (idempotency key): park, then look */
+            park(r, got, WAITER_RESULT, wait_ms);
+            first_look(r, q, c->request_timeout_s + 5);
+        }
+    } else {
+        char location[QUEUE_ID_MAX + 8];
+        snprintf(location, sizeof(location), "/jobs/%s", got);
+        struct api_header h = {"Location", location};
+        json_t *o = json_pack("{s:s, s:s}", "id", got, "status", "queued");
+        if (oc == QUEUE_ENQUEUED_EXISTING) {
+            struct queue_job_info info;
+            if (queue_job_get(q, got, NULL, 0, &info) == 0) {
+                json_decref(o);
+                o = job_json(got, &info);
+                queue_job_info_fini(&info);
+            }
+        }
+        ret = reply_json(r, 202, o, &h, 1);
+    }
+    server_queue_give(r->srv, q);
+    return ret;
+}
+
+/* ---- /jobs/{id} --------------------------------------------------------- */
+
+static int handle_get(struct api_request *r, const char *id)
+{
+    const struct api_config *c = server_config(r->srv);
+    const char *wait_s = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "wait");
+    double wait = 0;
+    if (wait_s) {
+        char *end;
+        wait = strtod(wait_s, &end);
+        if (end == wait_s || *end != '\0' || !(wait >= 0) || wait > c->max_wait_s) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "wait must be a number of seconds from 0 to %d",
+                     c->max_wait_s);
+            return server_error(r, 400, "invalid_request", msg, "wait", id, NULL, 0);
+        }
+    }
+    snprintf(r->job_id, sizeof(r->job_id), "%s", id);
+    struct queue *q = server_queue_take(r->srv);
+    int ret = MHD_YES;
+    if (wait > 0) {
+        park(r, id, WAITER_POLL, (int64_t)(wait * 1000));
+        first_look(r, q, (int)wait + 5);
+    } else {
+        struct queue_job_info info;
+        int rc = queue_job_get(q, id, NULL, 0, &info);
+        if (rc == QUEUE_ENOJOB)
+            ret = server_error(r, 404, "not_found", "no such job (or its result has expired)", NULL,
+                               id, NULL, 0);
+        else if (rc < 0)
+            ret = redis_trouble(r, rc, q);
+        else
+            ret = reply_json(r, 200, job_json(id, &info), NULL, 0);
+        if (rc == 0)
+            queue_job_info_fini(&info);
+    }
+    server_queue_give(r->srv, q);
+    return ret;
+}
+
+static int handle_delete(struct api_request *r, const char *id)
+{
+    snprintf(r->job_id, sizeof(r->job_id), "%s", id);
+    struct queue *q = server_queue_take(r->srv);
+    enum queue_state before;
+    int rc = queue_cancel(q, id, &before), ret;
+    if (rc == QUEUE_ENOJOB)
+        ret = server_error(r, 404, "not_found", "no such job (or its result has expired)", NULL, id,
+                           NULL, 0);
+    else if (rc < 0)
+        ret = redis_trouble(r, rc, q);
+    else if (before == QUEUE_DONE || before == QUEUE_FAILED)
+        ret = server_error(r, 409, "conflict",
+                           before == QUEUE_DONE ? "the job has already finished"
+                                                : "the job has already failed",
+                           NULL, id, NULL, 0);
+    else
+        ret = reply_json(r, 200, json_pack("{s:s, s:s}", "id", id, "status", "cancelled"), NULL, 0);
+    if (rc == 0 && (before == QUEUE_QUEUED || before == QUEUE_RUNNING))
+        log_info("job %s cancelled by request (it was %s)", id, queue_state_name(before));
+    server_queue_give(r->srv, q);
+    return ret;
+}
+
+/* ---- /health, /stats, /metrics ----------------------------------------- */
+
+static int handle_health(struct api_request *r)
+{
+    struct queue_stats st;
+    char why[300];
+    int ok = status_get(server_status(r->srv), &st, why, sizeof(why));
+    if (ok && st.runners > 0)
+        return reply_json(r, 200,
+                          json_pack("{s:s, s:I, s:I}", "status", "ok", "runners",
+                                    (json_int_t)st.runners, "backlog", (json_int_t)st.backlog),
+                          NULL, 0);
+    if (ok)
+        snprintf(why, sizeof(why), "no live runners: no worker has sent a heartbeat lately");
+    return reply_json(r, 503, json_pack("{s:s, s:s}", "status", "unavailable", "reason", why), NULL,
+                      0);
+}
+
+static int handle_stats(struct api_request *r)
+{
+    struct queue_stats st;
+    char why[300];
+    if (!status_get(server_status(r->srv), &st, why, sizeof(why)))
+        return server_error(r, 503, "unavailable", why, NULL, NULL, NULL, 0);
+    json_t *o = json_pack(
+        "{s:I, s:I, s:I, s:I, s:f, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}}", "backlog",
+        (json_int_t)st.backlog, "num_total_runners", (json_int_t)st.runners, "running",
+        (json_int_t)st.running, "dead", (json_int_t)st.dead, "oldest_queued_s", st.oldest_queued_s,
+        "parked_here", (json_int_t)waiters_count(server_waiters(r->srv)), "jobs", "enqueued",
+        (json_int_t)st.enqueued, "done", (json_int_t)st.done, "failed", (json_int_t)st.failed,
+        "cancelled", (json_int_t)st.cancelled, "requeued", (json_int_t)st.requeued, "retried",
+        (json_int_t)st.retried, "released", (json_int_t)st.released, "dead",
+        (json_int_t)st.dead_total);
+    return reply_json(r, 200, o, NULL, 0);
+}
+
+static int handle_metrics(struct api_request *r)
+{
+    struct queue_stats st;
+    char why[300], *text = NULL;
+    size_t len = 0;
+    int ok = status_get(server_status(r->srv), &st, why, sizeof(why));
+    if (metrics_render(server_metrics(r->srv), ok ? &st : NULL, &text, &len) < 0)
+        return server_error(r, 500, "internal_error", "out of memory", NULL, NULL, NULL, 0);
+    int rc = server_reply(r, 200, text, len, NULL, 0);
+    free(text);
+    return rc;
+}
+
+int routes_handle(struct api_request *r, const char *url)
+{
+    switch (r->route) {
+    case METRICS_ROUTE_GENERATE:
+        return handle_submit(r, 1);
+    case METRICS_ROUTE_JOBS_SUBMIT:
+        return handle_submit(r, 0);
+    case METRICS_ROUTE_JOBS_GET:
+        return handle_get(r, job_id_of(url));
+    case METRICS_ROUTE_JOBS_DELETE:
+        return handle_delete(r, job_id_of(url));
+    case METRICS_ROUTE_HEALTH:
+        return handle_health(r);
+    case METRICS_ROUTE_STATS:
+        return handle_stats(r);
+    case METRICS_ROUTE_METRICS:
+        return handle_metrics(r);
+    default:
+        return server_error(r, 404, "not_found", "no such endpoint", NULL, NULL, NULL, 0);
+    }
+}
+
+/* ---- waking up ---------------------------------------------------------- */
+
+/* A long poll's answer: the job as it stands now. */
+static int reply_current(struct api_request *r)
+{
+    struct queue *q = server_queue_take(r->srv);
+    struct queue_job_info info;
+    int rc = queue_job_get(q, r->w.id, NULL, 0, &info), ret;
+    if (rc == QUEUE_ENOJOB)
+        ret = server_error(r, 404, "not_found", "no such job (or its result has expired)", NULL,
+                           r->w.id, NULL, 0);
+    else if (rc < 0)
+        ret = redis_trouble(r, rc, q);
+    else
+        ret = reply_json(r, 200, job_json(r->w.id, &info), NULL, 0);
+    if (rc == 0)
+        queue_job_info_fini(&info);
+    server_queue_give(r->srv, q);
+    return ret;
+}
+
+int routes_resume(struct api_request *r)
+{
+    const struct api_config *c = server_config(r->srv);
+    struct waiter *w = &r->w;
+    int poll = w->kind == WAITER_POLL;
+    char retry[16];
+    snprintf(retry, sizeof(retry), "%d", c->retry_after_s);
+
+    switch (w->outcome) {
+    case WAITER_FINISHED:
+        return poll ? reply_json(r, 200, job_json(w->id, &w->info), NULL, 0)
+                    : reply_final(r, &w->info);
+    case WAITER_TIMEOUT:
+        if (poll)
+            return reply_current(r);
+        else {
+            char msg[200], location[QUEUE_ID_MAX + 8];
+            snprintf(msg, sizeof(msg),
+                     "the job did not finish within %d s; it goes on: poll GET /jobs/%s",
+                     c->request_timeout_s, w->id);
+            snprintf(location, sizeof(location), "/jobs/%s", w->id);
+            struct api_header h = {"Location", location};
+            return server_error(r, 504, "timeout", msg, NULL, w->id, &h, 1);
+        }
+    case WAITER_GONE:
+        return MHD_NO; /* nobody to answer: close */
+    case WAITER_SHUTDOWN: {
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "this API instance is shutting down; the job goes on: poll GET /jobs/%s", w->id);
+        struct api_header h = {"Retry-After", retry};
+        return server_error(r, 503, "shutting_down", msg, NULL, w->id, &h, 1);
+    }
+    case WAITER_LOST:
+        return poll ? server_error(r, 404, "not_found", "no such job (or its result has expired)",
+                                   NULL, w->id, NULL, 0)
+                    : server_error(r, 500, "internal_error",
+                                   "the job disappeared from Redis before it finished", NULL, w->id,
+                                   NULL, 0);
+    case WAITER_ERROR: {
+        struct api_header h = {"Retry-After", retry};
+        return server_error(r, r->err_status, r->err_type, r->err_message, NULL,
+                            r->job_id[0] ? r->job_id : NULL, &h,
+                            r->err_status == 429 || r->err_status == 503);
+    }
+    case WAITER_PENDING:
+        break;
+    }
+    return server_error(r, 500, "internal_error", "woken without an outcome", NULL, NULL, NULL, 0);
+}
