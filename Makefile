@@ -49,6 +49,8 @@ ASAN_TESTS := $(patsubst tests/%.c,$(BUILD)/asan/tests/%,$(TEST_SRC))
 BENCHES    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(BENCH_SRC))
 FUZZERS    := $(patsubst tests/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 TOOLS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TOOL_SRC))
+ASAN_BINS  := $(BUILD)/asan/millrace-api $(BUILD)/asan/millrace-worker \
+              $(patsubst tests/%.c,$(BUILD)/asan/tests/%,$(TOOL_SRC))
 
 .PHONY: all test check check-unit check-asan bench fuzz run format format-check clean deps
 
@@ -59,6 +61,14 @@ $(BUILD)/millrace-api: $(call obj,$(API_SRC) $(COMMON_SRC))
 
 $(BUILD)/millrace-worker: $(call obj,$(WORKER_SRC) $(COMMON_SRC))
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+# The same programs under the sanitizers: the ASan test runs start these
+# (tests/support/stack.c picks build/asan/ when the test itself runs from there).
+$(BUILD)/asan/millrace-api: $(call aobj,$(API_SRC) $(COMMON_SRC))
+	$(CC) $(CFLAGS) $(SAN) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/asan/millrace-worker: $(call aobj,$(WORKER_SRC) $(COMMON_SRC))
+	$(CC) $(CFLAGS) $(SAN) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -99,7 +109,7 @@ run: deps
 deps:
 	@scripts/deps.sh
 
-check: all $(TOOLS) $(TESTS) $(ASAN_TESTS)
+check: all $(TOOLS) $(ASAN_BINS) $(TESTS) $(ASAN_TESTS)
 	@scripts/run-tests.sh $(TESTS) -- $(ASAN_TESTS)
 
 bench: deps

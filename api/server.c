@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -38,6 +40,12 @@ struct server {
     struct metrics *metrics;
     atomic_int stopping;
     atomic_long inflight; /* requests started and not yet completed */
+
+    pthread_mutex_t body_lock;
+    struct api_request *bodies; /* requests whose body is arriving */
+    pthread_t body_thread;
+    int body_thread_started;
+    atomic_int stopping_threads;
 
     pthread_mutex_t pool_lock;
     pthread_cond_t pool_cond;
@@ -128,8 +136,9 @@ int server_reply(struct api_request *r, int status, const char *json, size_t len
     return rc;
 }
 
-int server_error(struct api_request *r, int status, const char *type, const char *message,
-                 const char *field, const char *job_id, const struct api_header *headers, size_t n)
+/* {"error": {"type", "message", "field"}, "id"?} as new text, or NULL. */
+static char *error_json(const char *type, const char *message, const char *field,
+                        const char *job_id)
 {
     json_t *err = json_pack("{s:s, s:s, s:o}", "type", type, "message", message, "field",
                             field && *field ? json_string(field) : json_null());
@@ -138,12 +147,94 @@ int server_error(struct api_request *r, int status, const char *type, const char
         json_object_set_new(root, "id", json_string(job_id));
     char *text = root ? json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(root);
+    return text;
+}
+
+int server_error(struct api_request *r, int status, const char *type, const char *message,
+                 const char *field, const char *job_id, const struct api_header *headers, size_t n)
+{
+    char *text = error_json(type, message, field, job_id);
     static const char fallback[] =
         "{\"error\":{\"type\":\"internal_error\",\"message\":\"out of memory\",\"field\":null}}";
     int rc = text ? server_reply(r, status, text, strlen(text), headers, n)
                   : server_reply(r, 500, fallback, sizeof(fallback) - 1, NULL, 0);
     free(text);
     return rc;
+}
+
+/*
+ * Refuse a body that is still arriving (too large, too slow) and hang up.
+ * libmicrohttpd 0.9.75 queues no response in the middle of a body, so the
+ * answer is written straight to the socket, which is then shut down both
+ * ways: the client reads a complete HTTP answer, and libmicrohttpd, seeing
+ * the socket closed, ends the connection. Once per request (r->body_aborted,
+ * under the body lock). Returns 1 when this call answered.
+ */
+static int abort_body_locked(struct api_request *r, int status, const char *type, const char *msg)
+{
+    if (r->body_aborted)
+        return 0;
+    r->body_aborted = 1;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    char *json = error_json(type, msg, NULL, NULL);
+    char head[256];
+    int hn = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: "
+                      "%zu\r\nConnection: close\r\n\r\n",
+                      status, MHD_get_reason_phrase_for((unsigned)status), json ? strlen(json) : 0);
+    if (ci && hn > 0 && (size_t)hn < sizeof(head)) {
+        /* small enough for an empty socket buffer: one non-blocking send each */
+        ssize_t w = send(ci->connect_fd, head, (size_t)hn, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w == hn && json)
+            w = send(ci->connect_fd, json, strlen(json), MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+        shutdown(ci->connect_fd, SHUT_RDWR);
+    }
+    free(json);
+    r->status = status;
+    return 1;
+}
+
+static void body_list_remove_locked(struct server *s, struct api_request *r)
+{
+    if (!r->in_body_list)
+        return;
+    if (r->body_prev)
+        r->body_prev->body_next = r->body_next;
+    else
+        s->bodies = r->body_next;
+    if (r->body_next)
+        r->body_next->body_prev = r->body_prev;
+    r->body_next = r->body_prev = NULL;
+    r->in_body_list = 0;
+}
+
+/* The body watchdog: a body that has not arrived within --body-timeout-s gets
+ * 408, whether it trickles (checked in take_body too) or has stalled, which
+ * no libmicrohttpd callback would notice before the idle timeout. */
+static void *body_watchdog(void *arg)
+{
+    struct server *s = arg;
+    while (!atomic_load(&s->stopping_threads)) {
+        clock_sleep_ms(250);
+        int64_t limit = clock_now_ms() - (int64_t)s->cfg.body_timeout_s * 1000;
+        char msg[128];
+        snprintf(msg, sizeof(msg), "the body took longer than %d s to arrive",
+                 s->cfg.body_timeout_s);
+        pthread_mutex_lock(&s->body_lock);
+        struct api_request *r = s->bodies;
+        while (r) {
+            struct api_request *next = r->body_next;
+            if (r->start_ms < limit) {
+                abort_body_locked(r, 408, "request_timeout", msg);
+                body_list_remove_locked(s, r);
+            }
+            r = next;
+        }
+        pthread_mutex_unlock(&s->body_lock);
+    }
+    return NULL;
 }
 
 /* ---- request life ----------------------------------------------------- */
@@ -184,6 +275,7 @@ static int check_headers(struct api_request *r, const char *url)
         }
     }
     if (need & ROUTES_NEED_BODY) {
+        r->reads_body = 1;
         const char *ct =
             MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
         if (!content_type_is_json(ct)) {
@@ -206,7 +298,16 @@ static int check_headers(struct api_request *r, const char *url)
     return 1;
 }
 
-/* Take a chunk of body. Returns 1 to go on, 0 when an answer was queued. */
+/* Refuse the body now (see abort_body_locked). */
+static void abort_body(struct api_request *r, int status, const char *type, const char *msg)
+{
+    pthread_mutex_lock(&r->srv->body_lock);
+    abort_body_locked(r, status, type, msg);
+    body_list_remove_locked(r->srv, r);
+    pthread_mutex_unlock(&r->srv->body_lock);
+}
+
+/* Take a chunk of body. Returns 1 to go on, 0 when the body was refused. */
 static int take_body(struct api_request *r, const char *data, size_t len)
 {
     const struct api_config *c = &r->srv->cfg;
@@ -214,13 +315,13 @@ static int take_body(struct api_request *r, const char *data, size_t len)
         char msg[128];
         snprintf(msg, sizeof(msg), "the body is larger than the limit of %ld bytes",
                  c->max_body_bytes);
-        server_error(r, 413, "payload_too_large", msg, NULL, NULL, NULL, 0);
+        abort_body(r, 413, "payload_too_large", msg);
         return 0;
     }
     if (clock_now_ms() - r->start_ms > (int64_t)c->body_timeout_s * 1000) {
         char msg[128];
         snprintf(msg, sizeof(msg), "the body took longer than %d s to arrive", c->body_timeout_s);
-        server_error(r, 408, "request_timeout", msg, NULL, NULL, NULL, 0);
+        abort_body(r, 408, "request_timeout", msg);
         return 0;
     }
     if (r->body_len + len + 1 > r->body_cap) {
@@ -229,7 +330,7 @@ static int take_body(struct api_request *r, const char *data, size_t len)
             cap *= 2;
         char *b = realloc(r->body, cap);
         if (!b) {
-            server_error(r, 500, "internal_error", "out of memory", NULL, NULL, NULL, 0);
+            abort_body(r, 500, "internal_error", "out of memory");
             return 0;
         }
         r->body = b;
@@ -262,18 +363,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         snprintf(r->path, sizeof(r->path), "%s", url);
         atomic_fetch_add(&s->inflight, 1);
         *req_cls = r;
-        check_headers(r, url);
+        if (check_headers(r, url) && r->reads_body) {
+            pthread_mutex_lock(&s->body_lock);
+            r->body_next = s->bodies;
+            if (s->bodies)
+                s->bodies->body_prev = r;
+            s->bodies = r;
+            r->in_body_list = 1;
+            pthread_mutex_unlock(&s->body_lock);
+        }
         return MHD_YES;
     }
-    if (r->status) { /* answered early: drop whatever body still comes */
+    if (r->status) { /* answered early (at the headers, or body refused): drop the rest */
         *upload_data_size = 0;
-        return MHD_YES;
+        return r->body_aborted ? MHD_NO : MHD_YES;
     }
     if (*upload_data_size > 0) {
         size_t len = *upload_data_size;
         *upload_data_size = 0;
-        take_body(r, upload_data, len);
-        return MHD_YES;
+        return take_body(r, upload_data, len) ? MHD_YES : MHD_NO;
     }
     if (r->parked) {
         r->parked = 0;
@@ -282,6 +390,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (r->body_done) /* a spurious call while parked: stay parked */
         return MHD_YES;
     r->body_done = 1;
+    pthread_mutex_lock(&s->body_lock);
+    body_list_remove_locked(s, r);
+    int aborted = r->body_aborted; /* the watchdog was first */
+    pthread_mutex_unlock(&s->body_lock);
+    if (aborted)
+        return MHD_NO;
     return (enum MHD_Result)routes_handle(r, url);
 }
 
@@ -294,6 +408,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     if (!r)
         return;
     *req_cls = NULL;
+    pthread_mutex_lock(&s->body_lock);
+    body_list_remove_locked(s, r);
+    pthread_mutex_unlock(&s->body_lock);
     waiters_forget(s->waiters, &r->w);
     int status = r->status ? r->status : 499; /* 499: the client went away first */
     double secs = (double)(clock_now_ms() - r->start_ms) / 1e3;
@@ -339,6 +456,7 @@ int server_start(struct server **out, const struct api_config *cfg, char *err, s
         s->pool_cap = SERVER_POOL_MAX;
     pthread_mutex_init(&s->pool_lock, NULL);
     pthread_cond_init(&s->pool_cond, NULL);
+    pthread_mutex_init(&s->body_lock, NULL);
 
     if (metrics_create(&s->metrics) < 0) {
         snprintf(err, errlen, "out of memory");
@@ -381,6 +499,13 @@ int server_start(struct server **out, const struct api_config *cfg, char *err, s
         goto fail;
     }
     freeaddrinfo(ai);
+    ai = NULL;
+    if (pthread_create(&s->body_thread, NULL, body_watchdog, s) != 0) {
+        snprintf(err, errlen, "cannot start the body watchdog thread");
+        MHD_stop_daemon(s->daemon);
+        goto fail;
+    }
+    s->body_thread_started = 1;
     *out = s;
     return 0;
 fail:
@@ -391,6 +516,7 @@ fail:
     metrics_destroy(s->metrics);
     pthread_cond_destroy(&s->pool_cond);
     pthread_mutex_destroy(&s->pool_lock);
+    pthread_mutex_destroy(&s->body_lock);
     free(s);
     return -1;
 }
@@ -417,6 +543,9 @@ void server_shutdown(struct server *s, int grace_s)
     while (atomic_load(&s->inflight) > 0 && clock_now_ms() < deadline)
         clock_sleep_ms(20);
     MHD_stop_daemon(s->daemon);
+    atomic_store(&s->stopping_threads, 1);
+    if (s->body_thread_started)
+        pthread_join(s->body_thread, NULL);
     waiters_stop(s->waiters);
     status_stop(s->status);
     metrics_destroy(s->metrics);
@@ -424,6 +553,7 @@ void server_shutdown(struct server *s, int grace_s)
         queue_destroy(s->pool[i]);
     pthread_cond_destroy(&s->pool_cond);
     pthread_mutex_destroy(&s->pool_lock);
+    pthread_mutex_destroy(&s->body_lock);
     free(s);
     log_info("stopped");
 }

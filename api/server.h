@@ -55,7 +55,11 @@ struct api_request {
     int64_t start_ms;
     char *body; /* the request body so far (NUL-terminated), owned */
     size_t body_len, body_cap;
-    int body_done;
+    int reads_body;   /* the route takes a body */
+    int body_done;    /* all of it has arrived */
+    int body_aborted; /* refused while arriving and answered on the socket (server's body lock) */
+    int in_body_list; /* watched for a slow body (server's body lock) */
+    struct api_request *body_next, *body_prev;
     int status;                    /* the status answered, 0 until then */
     char job_id[QUEUE_ID_MAX + 1]; /* for the access log, "" if none */
     int parked;                    /* waiting on w */

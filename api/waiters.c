@@ -41,6 +41,7 @@ struct waiters {
     pthread_t drain_thread, ticker_thread;
     int drain_started, ticker_started;
     atomic_int stopping;
+    int closed;             /* release_all ran: no more parking (guarded by lock) */
     atomic_int recheck_all; /* the inbox connection was re-established */
     pthread_mutex_t sleep_lock;
     pthread_cond_t sleep_cond;
@@ -85,7 +86,10 @@ void waiters_park(struct waiters *ws, struct waiter *w)
     w->suspended = 0;
     w->parked_ms = w->checked_ms = clock_now_ms();
     pthread_mutex_lock(&ws->lock);
-    link_locked(ws, w);
+    if (ws->closed) /* shutting down: answer at once */
+        w->outcome = WAITER_SHUTDOWN;
+    else
+        link_locked(ws, w);
     pthread_mutex_unlock(&ws->lock);
 
     MHD_suspend_connection(w->conn);
@@ -389,6 +393,7 @@ void waiters_release_all(struct waiters *ws)
     do {
         n = 0;
         pthread_mutex_lock(&ws->lock);
+        ws->closed = 1;
         for (size_t b = 0; b < WAITERS_BUCKETS && n < 64; b++) {
             struct waiter *w = ws->buckets[b];
             while (w && n < 64) {

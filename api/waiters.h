@@ -101,7 +101,8 @@ void waiters_forget(struct waiters *ws, struct waiter *w);
 /* How many requests are parked. Thread-safe. */
 long waiters_count(struct waiters *ws);
 
-/* Resolve every parked request with WAITER_SHUTDOWN (they answer at once). */
+/* Resolve every parked request with WAITER_SHUTDOWN (they answer at once);
+ * a request parked after this is answered the same way at once. */
 void waiters_release_all(struct waiters *ws);
 
 /* Stop the threads and free the table. Every waiter must be resolved first. */

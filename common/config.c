@@ -73,6 +73,15 @@ static int config_set(const struct config_option *o, const char *text, const cha
     return -1;
 }
 
+static int is_bool_word(const char *s)
+{
+    static const char *const words[] = {"1", "true", "yes", "on", "0", "false", "no", "off"};
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (strcasecmp(s, words[i]) == 0)
+            return 1;
+    return 0;
+}
+
 static const struct config_option *config_find(const struct config_spec *spec, const char *name,
                                                size_t len)
 {
@@ -123,14 +132,23 @@ int config_parse(const struct config_spec *spec, int argc, char **argv,
         const char *eq = strchr(name, '=');
         size_t len = eq ? (size_t)(eq - name) : strlen(name);
         const struct config_option *o = config_find(spec, name, len);
+        const char *text = eq ? eq + 1 : NULL;
+        if (!o && !eq && strncmp(name, "no-", 3) == 0) { /* --no-FLAG for a boolean */
+            o = config_find(spec, name + 3, len - 3);
+            if (o && o->type != CONFIG_BOOL)
+                o = NULL;
+            text = "false";
+        }
         if (!o) {
             snprintf(err, errlen, "unknown option '--%.*s' (see --help)", (int)len, name);
             return -1;
         }
-        const char *text = eq ? eq + 1 : NULL;
         if (!text) {
             if (o->type == CONFIG_BOOL) {
+                /* "--flag" alone is true; "--flag false" takes the next word if it is a boolean */
                 text = "true";
+                if (i + 1 < argc && is_bool_word(argv[i + 1]))
+                    text = argv[++i];
             } else if (i + 1 < argc) {
                 text = argv[++i];
             } else {

@@ -17,7 +17,8 @@ enum config_type {
     CONFIG_STRING, /* value: const char ** (borrowed from argv, environ or the default) */
     CONFIG_INT,    /* value: long long * */
     CONFIG_DOUBLE, /* value: double * */
-    CONFIG_BOOL,   /* value: int *; "--flag" alone means true */
+    CONFIG_BOOL,   /* value: int *; "--flag" alone is true; "--flag false", "--flag=no" and
+                    * "--no-flag" set it false */
 };
 
 struct config_option {

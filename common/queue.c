@@ -308,6 +308,25 @@ static char *dup_reply(const redisReply *r)
     return s;
 }
 
+/* Fill out (but position) from the 9 fields state, attempts, result, error,
+ * created_ms, started_ms, finished_ms, worker, dead. Returns 0 or -1. */
+static int parse_info(struct queue_job_info *out, redisReply **e)
+{
+    if (e[0]->type != REDIS_REPLY_STRING ||
+        queue_state_parse(e[0]->str, e[0]->len, &out->state) < 0)
+        return -1;
+    out->attempts = (long)reply_ll(e[1]);
+    out->result = dup_reply(e[2]);
+    out->error = dup_reply(e[3]);
+    out->created = (double)reply_ll(e[4]) / 1e3;
+    out->started = (double)reply_ll(e[5]) / 1e3;
+    out->finished = (double)reply_ll(e[6]) / 1e3;
+    if (copy_str(out->worker, sizeof(out->worker), e[7]) < 0)
+        out->worker[0] = '\0';
+    out->dead = e[8]->type == REDIS_REPLY_STRING && e[8]->len == 1 && e[8]->str[0] == '1';
+    return 0;
+}
+
 int queue_job_get(struct queue *q, const char *id, const char *watcher, int watch_ttl_s,
                   struct queue_job_info *out)
 {
@@ -330,20 +349,9 @@ int queue_job_get(struct queue *q, const char *id, const char *watcher, int watc
         snprintf(q->errstr, sizeof(q->errstr), "no job %s", id);
         return QUEUE_ENOJOB;
     }
-    if (r->elements != 10 || r->element[0]->type != REDIS_REPLY_STRING ||
-        queue_state_parse(r->element[0]->str, r->element[0]->len, &out->state) < 0)
+    if (r->elements != 10 || parse_info(out, r->element) < 0)
         return proto_error(q, r, "info");
-    redisReply **e = r->element;
-    out->attempts = (long)reply_ll(e[1]);
-    out->result = dup_reply(e[2]);
-    out->error = dup_reply(e[3]);
-    out->created = (double)reply_ll(e[4]) / 1e3;
-    out->started = (double)reply_ll(e[5]) / 1e3;
-    out->finished = (double)reply_ll(e[6]) / 1e3;
-    if (copy_str(out->worker, sizeof(out->worker), e[7]) < 0)
-        out->worker[0] = '\0';
-    out->dead = e[8]->type == REDIS_REPLY_STRING && e[8]->len == 1 && e[8]->str[0] == '1';
-    out->position = (long)reply_ll(e[9]);
+    out->position = (long)reply_ll(r->element[9]);
     freeReplyObject(r);
     if (out->state == QUEUE_DONE && !out->result) {
         queue_job_info_fini(out);
@@ -351,6 +359,66 @@ int queue_job_get(struct queue *q, const char *id, const char *watcher, int watc
         return QUEUE_ENOMEM;
     }
     return 0;
+}
+
+int queue_job_get_many(struct queue *q, int n, char ids[][QUEUE_ID_MAX + 1],
+                       struct queue_job_info *out, int *rcs)
+{
+    static const char *const fields[] = {"HMGET",       "",       "state",      "attempts",
+                                         "result",      "error",  "created_ms", "started_ms",
+                                         "finished_ms", "worker", "dead"};
+    enum { NF = sizeof(fields) / sizeof(fields[0]) };
+    int rc = QUEUE_ENOMEM;
+    char(*keys)[QUEUE_KEY_MAX] = malloc((size_t)n * sizeof(*keys));
+    const char *(*argv)[NF] = malloc((size_t)n * sizeof(*argv));
+    const char *const **argvs = malloc((size_t)n * sizeof(*argvs));
+    int *argcs = calloc((size_t)n, sizeof(*argcs));
+    redisReply **replies = calloc((size_t)n, sizeof(*replies));
+    if (!keys || !argv || !argvs || !argcs || !replies)
+        goto out;
+    for (int i = 0; i < n; i++) {
+        memset(&out[i], 0, sizeof(out[i]));
+        out[i].position = -1;
+        rcs[i] = QUEUE_EARG;
+        key(q, keys[i], "job", id_ok(ids[i]) ? ids[i] : "-");
+        memcpy(argv[i], fields, sizeof(fields));
+        argv[i][1] = keys[i];
+        argvs[i] = argv[i];
+        argcs[i] = NF;
+    }
+    rc = redis_conn_pipeline(q->conn, n, argcs, argvs, NULL, replies);
+    if (rc < 0) {
+        rc = map_conn_error(q, rc, "read jobs");
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        redisReply *r = replies[i];
+        if (!id_ok(ids[i]))
+            continue;
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != NF - 2)
+            rcs[i] = QUEUE_EPROTO;
+        else if (r->element[0]->type == REDIS_REPLY_NIL)
+            rcs[i] = QUEUE_ENOJOB;
+        else if (parse_info(&out[i], r->element) < 0)
+            rcs[i] = QUEUE_EPROTO;
+        else if (out[i].state == QUEUE_DONE && !out[i].result)
+            rcs[i] = QUEUE_ENOMEM;
+        else
+            rcs[i] = 0;
+        if (rcs[i] < 0)
+            queue_job_info_fini(&out[i]);
+    }
+    rc = 0;
+out:
+    for (int i = 0; replies && i < n; i++)
+        if (replies[i])
+            freeReplyObject(replies[i]);
+    free(replies);
+    free(argcs);
+    free(argvs);
+    free(argv);
+    free(keys);
+    return rc;
 }
 
 int queue_cancel(struct queue *q, const char *id, enum queue_state *before)

@@ -141,6 +141,15 @@ int queue_job_get(struct queue *q, const char *id, const char *watcher, int watc
                   struct queue_job_info *out);
 
 /*
+ * Read n jobs in one round trip (plain reads: no watcher, position -1).
+ * rcs[i] is 0 (out[i] filled; free with queue_job_info_fini), QUEUE_ENOJOB,
+ * or another error for that job. Returns 0, or an error for the whole batch
+ * (then nothing in out needs freeing).
+ */
+int queue_job_get_many(struct queue *q, int n, char ids[][QUEUE_ID_MAX + 1],
+                       struct queue_job_info *out, int *rcs);
+
+/*
  * Cancel a job that is queued or running. It becomes `cancelled` at once and
  * its waiters are notified; a running job's worker learns it from its next
  * heartbeat and its finish is refused. *before is the state the job had

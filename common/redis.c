@@ -408,12 +408,19 @@ static int reply_is_transient(const redisReply *r)
             strncmp(r->str, "TRYAGAIN", 8) == 0 || strncmp(r->str, "MASTERDOWN", 10) == 0);
 }
 
-static int conn_call_formatted(struct redis_conn *c, int block_ms, redisReply **out,
-                               const char *cmd, size_t len)
+/*
+ * Send n commands already formatted back to back in cmd (one round trip) and
+ * read their n replies into out[] (error replies included). Reconnects and
+ * sends them all again on an I/O error, within the retry budget. Returns 0,
+ * REDIS_CONN_EIO, or REDIS_CONN_EREPLY when Redis kept answering LOADING/BUSY.
+ */
+static int conn_exchange(struct redis_conn *c, int block_ms, const char *cmd, size_t len, int n,
+                         redisReply **out)
 {
-    *out = NULL;
     int64_t deadline = clock_now_ms() + c->opts.retry_ms + block_ms;
     int immediate_retry = 1;
+    for (int i = 0; i < n; i++)
+        out[i] = NULL;
     for (;;) {
         int was_connected = c->ctx != NULL;
         if (conn_ensure(c, deadline) < 0) {
@@ -422,32 +429,40 @@ static int conn_call_formatted(struct redis_conn *c, int block_ms, redisReply **
         }
         if (block_ms > 0)
             redisSetTimeout(c->ctx, tv_ms(c->opts.command_timeout_ms + block_ms));
-        redisReply *r = NULL;
-        void *rv = NULL;
-        if (redisAppendFormattedCommand(c->ctx, cmd, len) == REDIS_OK &&
-            redisGetReply(c->ctx, &rv) == REDIS_OK)
-            r = rv;
-        if (r && block_ms > 0)
-            redisSetTimeout(c->ctx, tv_ms(c->opts.command_timeout_ms));
-        if (r && !reply_is_transient(r)) {
-            c->up = 1;
-            if (r->type == REDIS_REPLY_ERROR) {
-                snprintf(c->errstr, sizeof(c->errstr), "%s", r->str);
-                freeReplyObject(r);
-                return REDIS_CONN_EREPLY;
+        int got = 0, transient = 0;
+        if (redisAppendFormattedCommand(c->ctx, cmd, len) == REDIS_OK) {
+            while (got < n) {
+                void *rv = NULL;
+                if (redisGetReply(c->ctx, &rv) != REDIS_OK)
+                    break;
+                out[got] = rv;
+                transient |= reply_is_transient(out[got]);
+                got++;
             }
-            *out = r;
+        }
+        if (got == n && block_ms > 0)
+            redisSetTimeout(c->ctx, tv_ms(c->opts.command_timeout_ms));
+        if (got == n && !transient) {
+            c->up = 1;
             return 0;
         }
-        if (r) { /* LOADING, BUSY ...: keep the connection, wait a little */
-            snprintf(c->errstr, sizeof(c->errstr), "%s", r->str);
-            freeReplyObject(r);
+        if (got == n) { /* LOADING, BUSY ...: keep the connection, wait a little */
+            for (int i = 0; i < n; i++) {
+                if (reply_is_transient(out[i]))
+                    snprintf(c->errstr, sizeof(c->errstr), "%s", out[i]->str);
+                freeReplyObject(out[i]);
+                out[i] = NULL;
+            }
             if (clock_now_ms() + 100 > deadline) {
                 c->up = 0;
                 return REDIS_CONN_EREPLY;
             }
             clock_sleep_ms(100);
             continue;
+        }
+        for (int i = 0; i < got; i++) {
+            freeReplyObject(out[i]);
+            out[i] = NULL;
         }
         snprintf(c->errstr, sizeof(c->errstr), "%s",
                  c->ctx->errstr[0] ? c->ctx->errstr : "connection lost");
@@ -469,6 +484,60 @@ static int conn_call_formatted(struct redis_conn *c, int block_ms, redisReply **
         if (c->next_attempt_ms > deadline)
             return REDIS_CONN_EIO;
     }
+}
+
+/* One command: an error reply becomes REDIS_CONN_EREPLY with its text. */
+static int conn_call_formatted(struct redis_conn *c, int block_ms, redisReply **out,
+                               const char *cmd, size_t len)
+{
+    *out = NULL;
+    redisReply *r = NULL;
+    int rc = conn_exchange(c, block_ms, cmd, len, 1, &r);
+    if (rc < 0)
+        return rc;
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(c->errstr, sizeof(c->errstr), "%s", r->str);
+        freeReplyObject(r);
+        return REDIS_CONN_EREPLY;
+    }
+    *out = r;
+    return 0;
+}
+
+int redis_conn_pipeline(struct redis_conn *c, int n, const int *argcs, const char *const *argvs[],
+                        const size_t *const lens[], redisReply **out)
+{
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int rc = -1;
+    for (int i = 0; i < n; i++) {
+        char *cmd = NULL;
+        int l =
+            redisFormatCommandArgv(&cmd, argcs[i], (const char **)argvs[i], lens ? lens[i] : NULL);
+        if (l < 0)
+            goto out;
+        if (len + (size_t)l > cap) {
+            size_t ncap = cap ? cap * 2 : 1024;
+            while (ncap < len + (size_t)l)
+                ncap *= 2;
+            char *nb = realloc(buf, ncap);
+            if (!nb) {
+                redisFreeCommand(cmd);
+                goto out;
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        memcpy(buf + len, cmd, (size_t)l);
+        len += (size_t)l;
+        redisFreeCommand(cmd);
+    }
+    rc = n > 0 ? conn_exchange(c, 0, buf, len, n, out) : 0;
+out:
+    if (rc == -1)
+        snprintf(c->errstr, sizeof(c->errstr), "out of memory formatting a pipeline");
+    free(buf);
+    return rc;
 }
 
 int redis_conn_call_blocking(struct redis_conn *c, int block_ms, redisReply **out, int argc,

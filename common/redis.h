@@ -88,6 +88,17 @@ int redis_conn_call(struct redis_conn *c, redisReply **out, int argc, const char
 int redis_conn_call_blocking(struct redis_conn *c, int block_ms, redisReply **out, int argc,
                              const char **argv, const size_t *lens);
 
+/*
+ * Send n commands in one round trip (argcs[i] arguments argvs[i], with
+ * lengths lens[i], or lens NULL for C strings) and read their n replies into
+ * out[] (new; the caller frees each). Error replies come back as replies of
+ * type REDIS_REPLY_ERROR. On a broken connection the whole batch is sent
+ * again, so use it only for commands that are safe to repeat. Returns 0,
+ * REDIS_CONN_EIO, REDIS_CONN_EREPLY (Redis kept saying LOADING/BUSY) or -1.
+ */
+int redis_conn_pipeline(struct redis_conn *c, int n, const int *argcs, const char *const *argvs[],
+                        const size_t *const lens[], redisReply **out);
+
 /* printf-style convenience for commands without binary arguments (hiredis
  * format: %s, %b, %d, %lld ...). Same semantics as redis_conn_call. */
 int redis_conn_cmd(struct redis_conn *c, redisReply **out, const char *fmt, ...);

@@ -127,6 +127,27 @@ static void test_unknown_flag_and_missing_value(void **state)
     assert_non_null(strstr(err, "not an integer"));
 }
 
+static void test_boolean_forms(void **state)
+{
+    (void)state;
+    char err[256];
+    char *argv1[] = {"prog", "--verbose", "false", "--port", "9"};
+    assert_int_equal(parse(5, argv1, err), 0);
+    assert_int_equal(v.verbose, 0);
+    assert_int_equal(v.port, 9);
+    char *argv2[] = {"prog", "--verbose=yes"};
+    assert_int_equal(parse(2, argv2, err), 0);
+    assert_int_equal(v.verbose, 1);
+    char *argv3[] = {"prog", "--verbose", "--no-verbose"};
+    assert_int_equal(parse(3, argv3, err), 0);
+    assert_int_equal(v.verbose, 0);
+    char *argv4[] = {"prog", "--no-port"};
+    assert_int_equal(parse(2, argv4, err), -1); /* --no- only for booleans */
+    char *argv5[] = {"prog", "--verbose=maybe"};
+    assert_int_equal(parse(2, argv5, err), -1);
+    assert_non_null(strstr(err, "not a boolean"));
+}
+
 static void test_help_lists_flags_and_env_vars(void **state)
 {
     (void)state;
@@ -157,6 +178,7 @@ int main(void)
         cmocka_unit_test_setup(test_out_of_range_names_the_flag, clear_env),
         cmocka_unit_test_setup(test_bad_env_value_names_the_variable, clear_env),
         cmocka_unit_test_setup(test_unknown_flag_and_missing_value, clear_env),
+        cmocka_unit_test_setup(test_boolean_forms, clear_env),
         cmocka_unit_test_setup(test_help_lists_flags_and_env_vars, clear_env),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);

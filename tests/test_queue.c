@@ -729,6 +729,36 @@ static void test_position_in_queue(void **state)
     queue_destroy(q);
 }
 
+static void test_get_many_reads_several_jobs_in_one_go(void **state)
+{
+    (void)state;
+    struct queue *q = open_queue("t:q");
+    char ids[4][QUEUE_ID_MAX + 1];
+    enqueue(q, 1, "", ids[0]);
+    enqueue(q, 2, "", ids[1]);
+    snprintf(ids[2], sizeof(ids[2]), "nosuchjob");
+    snprintf(ids[3], sizeof(ids[3]), "bad id");
+    assert_int_equal(queue_register(q, "w1", NULL), 0);
+    claim_one(q, "w1", ids[0], 1);
+    int recorded;
+    assert_int_equal(queue_finish(q, "w1", ids[0], 1, QUEUE_OUTCOME_DONE, "R1", 2, &recorded), 0);
+    struct queue_job_info info[4];
+    int rcs[4];
+    assert_int_equal(queue_job_get_many(q, 4, ids, info, rcs), 0);
+    assert_int_equal(rcs[0], 0);
+    assert_int_equal(info[0].state, QUEUE_DONE);
+    assert_string_equal(info[0].result, "R1");
+    assert_string_equal(info[0].worker, "w1");
+    assert_int_equal(rcs[1], 0);
+    assert_int_equal(info[1].state, QUEUE_QUEUED);
+    assert_null(info[1].result);
+    assert_int_equal(rcs[2], QUEUE_ENOJOB);
+    assert_int_equal(rcs[3], QUEUE_EARG);
+    queue_job_info_fini(&info[0]);
+    queue_job_info_fini(&info[1]);
+    queue_destroy(q);
+}
+
 static void test_watcher_on_another_instance_is_notified(void **state)
 {
     (void)state;
@@ -1037,6 +1067,7 @@ int main(void)
         cmocka_unit_test_setup(test_idempotency_key_gives_one_job, flush),
         cmocka_unit_test_setup(test_full_backlog_refuses_without_writing, flush),
         cmocka_unit_test_setup(test_position_in_queue, flush),
+        cmocka_unit_test_setup(test_get_many_reads_several_jobs_in_one_go, flush),
         cmocka_unit_test_setup(test_watcher_on_another_instance_is_notified, flush),
         cmocka_unit_test_setup(test_runner_count_drops_after_ttl, flush),
         cmocka_unit_test_setup(test_every_key_carries_the_hash_tag, flush),

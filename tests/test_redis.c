@@ -260,6 +260,28 @@ static void test_error_reply_is_reported_not_retried(void **state)
     redis_conn_destroy(c);
 }
 
+static void test_pipeline_returns_every_reply_in_order(void **state)
+{
+    (void)state;
+    struct redis_conn *c = open_conn("t-pipe", 1000);
+    const char *set[] = {"SET", "pk", "41"};
+    const char *incr[] = {"INCR", "pk"};
+    const char *bad[] = {"NOSUCHCOMMAND"};
+    const char *get[] = {"GET", "pk"};
+    const char *const *argvs[] = {set, incr, bad, get};
+    const int argcs[] = {3, 2, 1, 2};
+    redisReply *out[4];
+    assert_int_equal(redis_conn_pipeline(c, 4, argcs, argvs, NULL, out), 0);
+    assert_int_equal(out[0]->type, REDIS_REPLY_STATUS);
+    assert_int_equal(out[1]->type, REDIS_REPLY_INTEGER);
+    assert_int_equal(out[1]->integer, 42);
+    assert_int_equal(out[2]->type, REDIS_REPLY_ERROR); /* one bad command spoils nothing */
+    assert_string_equal(out[3]->str, "42");
+    for (int i = 0; i < 4; i++)
+        freeReplyObject(out[i]);
+    redis_conn_destroy(c);
+}
+
 static void test_password_and_database_from_url(void **state)
 {
     (void)state;
@@ -327,6 +349,7 @@ int main(void)
         cmocka_unit_test_setup(test_blocking_call_outlives_command_timeout, server_up),
         cmocka_unit_test_setup(test_client_name_is_set, server_up),
         cmocka_unit_test_setup(test_error_reply_is_reported_not_retried, server_up),
+        cmocka_unit_test_setup(test_pipeline_returns_every_reply_in_order, server_up),
         cmocka_unit_test_setup(test_password_and_database_from_url, server_up),
     };
     return cmocka_run_group_tests_name("redis", tests, group_setup, group_teardown);
