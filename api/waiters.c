@@ -206,24 +206,44 @@ static int is_final(enum queue_state s)
     return s == QUEUE_DONE || s == QUEUE_FAILED || s == QUEUE_CANCELLED;
 }
 
-/* Read job `id` and wake its waiters if it has finished or vanished. */
-static void check_job(struct waiters *ws, struct queue *q, const char *id)
+/* Wake the waiters of job `id` if info (from a read that gave rc) shows it
+ * finished or gone. info is consumed. */
+static void settle(struct waiters *ws, const char *id, int rc, struct queue_job_info *info)
 {
-    struct queue_job_info info;
-    int rc = queue_job_get(q, id, NULL, 0, &info);
     if (rc == QUEUE_ENOJOB) {
         resolve_id(ws, id, WAITER_LOST, NULL);
         return;
     }
     if (rc < 0)
         return; /* Redis trouble: the next re-check tries again */
-    if (!is_final(info.state)) {
-        queue_job_info_fini(&info);
+    if (!is_final(info->state)) {
+        queue_job_info_fini(info);
         return;
     }
-    if (info.state == QUEUE_DONE && info.started > 0 && info.created > 0)
-        metrics_observe_queue_wait(ws->metrics, info.started - info.created);
-    resolve_id(ws, id, WAITER_FINISHED, &info);
+    if (info->state == QUEUE_DONE && info->started > 0 && info->created > 0)
+        metrics_observe_queue_wait(ws->metrics, info->started - info->created);
+    resolve_id(ws, id, WAITER_FINISHED, info);
+}
+
+/* Read the n jobs in ids[] in one round trip and wake their waiters. */
+static void check_jobs(struct waiters *ws, struct queue *q, char ids[][QUEUE_ID_MAX + 1], int n)
+{
+    struct queue_job_info info[WAITERS_DRAIN_MAX];
+    int rcs[WAITERS_DRAIN_MAX];
+    if (n == 0 || queue_job_get_many(q, n, ids, info, rcs) < 0)
+        return;
+    for (int i = 0; i < n; i++)
+        settle(ws, ids[i], rcs[i], &info[i]);
+}
+
+/* Keep only the ids that someone here waits for; returns how many. */
+static int keep_awaited(struct waiters *ws, char ids[][QUEUE_ID_MAX + 1], int n)
+{
+    int kept = 0;
+    for (int i = 0; i < n; i++)
+        if (has_waiters(ws, ids[i]) && kept++ != i)
+            memcpy(ids[kept - 1], ids[i], QUEUE_ID_MAX + 1);
+    return kept;
 }
 
 static void *drain_main(void *arg)
@@ -244,9 +264,7 @@ static void *drain_main(void *arg)
             clock_sleep_ms(100); /* the connection logs and backs off by itself */
             continue;
         }
-        for (int i = 0; i < n; i++)
-            if (has_waiters(ws, ids[i]))
-                check_job(ws, ws->drain_q, ids[i]);
+        check_jobs(ws, ws->drain_q, ids, keep_awaited(ws, ids, n));
     }
     return NULL;
 }
@@ -374,9 +392,7 @@ static void *ticker_main(void *arg)
                 log_info("client disconnected: cancelled job %s (it was %s)", t.cancel[i],
                          queue_state_name(before));
         }
-        for (size_t i = 0; i < t.n_recheck; i++)
-            if (has_waiters(ws, t.recheck[i]))
-                check_job(ws, ws->ticker_q, t.recheck[i]);
+        check_jobs(ws, ws->ticker_q, t.recheck, keep_awaited(ws, t.recheck, (int)t.n_recheck));
     }
     free(t.resume);
     free(t.cancel);
