@@ -113,6 +113,7 @@ check: all $(TOOLS) $(ASAN_BINS) $(TESTS) $(ASAN_TESTS)
 	@scripts/run-tests.sh $(TESTS) -- $(ASAN_TESTS)
 
 bench: deps
+	@scripts/deps.sh wrk
 	@$(MAKE) --no-print-directory all $(TOOLS) $(BENCHES)
 	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
 
