@@ -26,7 +26,9 @@ SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fram
 
 COMMON_SRC := $(wildcard common/*.c)
 API_SRC    := $(wildcard api/*.c)
-WORKER_SRC := $(wildcard worker/*.c) $(wildcard kernels/cpu/*.c)
+WORKER_SRC := $(wildcard worker/*.c) $(wildcard kernels/*.c) $(wildcard kernels/cpu/*.c)
+# the engine: everything of the worker but its main(), linked into tests too
+ENGINE_SRC := $(filter-out worker/main.c,$(WORKER_SRC))
 # tests/test_*.c are cmocka programs; tests/support/*.c is linked into each.
 TEST_SRC    := $(wildcard tests/test_*.c)
 SUPPORT_SRC := $(wildcard tests/support/*.c)
@@ -38,11 +40,11 @@ TOOL_SRC    := $(filter-out $(TEST_SRC) $(BENCH_SRC) $(FUZZ_SRC),$(wildcard test
 obj  = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 aobj = $(patsubst %.c,$(BUILD)/asan/obj/%.o,$(1))
 
-# A test links the common objects, the support objects and, when its name is
-# that of an api/ or worker/ module, that module's object too.
-test_deps = $(call $(1),$(COMMON_SRC) $(SUPPORT_SRC) \
-	$(filter $(patsubst tests/test_%.c,api/%.c,$(2)) $(patsubst tests/test_%.c,worker/%.c,$(2)), \
-	         $(filter-out api/main.c worker/main.c,$(API_SRC) $(WORKER_SRC))))
+# A test links the common objects, the support objects, the engine (worker/
+# and kernels/ without main) and, when its name is that of an api/ module,
+# that module's object too.
+test_deps = $(call $(1),$(COMMON_SRC) $(SUPPORT_SRC) $(ENGINE_SRC) \
+	$(filter $(patsubst tests/test_%.c,api/%.c,$(2)),$(filter-out api/main.c,$(API_SRC))))
 
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 ASAN_TESTS := $(patsubst tests/%.c,$(BUILD)/asan/tests/%,$(TEST_SRC))
@@ -93,7 +95,7 @@ $(BUILD)/asan/tests/%: $(BUILD)/asan/obj/tests/%.o $$(call test_deps,aobj,tests/
 # libFuzzer needs clang; the fuzz targets are built from source with the
 # fuzzer and the sanitizers in one step.
 FUZZ_CC := clang
-$(BUILD)/fuzz/%: tests/%.c $(COMMON_SRC)
+$(BUILD)/fuzz/%: tests/%.c $(COMMON_SRC) $(ENGINE_SRC)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 -I. $(PKG_CFLAGS) \
 		-fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)

@@ -22,6 +22,15 @@ static int config_set(const struct config_option *o, const char *text, const cha
     case CONFIG_STRING:
         *(const char **)o->value = text;
         return 0;
+    case CONFIG_LIST: {
+        struct config_list *l = o->value;
+        if (l->n >= CONFIG_LIST_MAX) {
+            snprintf(err, errlen, "%s: at most %d of them", source, CONFIG_LIST_MAX);
+            return -1;
+        }
+        l->items[l->n++] = text;
+        return 0;
+    }
     case CONFIG_BOOL: {
         static const char *const yes[] = {"1", "true", "yes", "on"};
         static const char *const no[] = {"0", "false", "no", "off"};
@@ -109,6 +118,10 @@ int config_parse(const struct config_spec *spec, int argc, char **argv,
         const struct config_option *o = &spec->options[i];
         if (o->type == CONFIG_STRING)
             *(const char **)o->value = NULL;
+        if (o->type == CONFIG_LIST) {
+            ((struct config_list *)o->value)->n = 0;
+            continue; /* lists come from flags only */
+        }
         if (o->def) {
             snprintf(source, sizeof(source), "default of --%s", o->name);
             if (config_set(o, o->def, source, err, errlen) < 0)
@@ -165,7 +178,7 @@ int config_parse(const struct config_spec *spec, int argc, char **argv,
 
 void config_print_help(const struct config_spec *spec, FILE *out)
 {
-    static const char *const type_arg[] = {"STR", "N", "X", ""};
+    static const char *const type_arg[] = {"STR", "N", "X", "", "STR"};
     fprintf(out, "Usage: %s\n\n%s\n\nOptions (a flag wins over its environment variable):\n",
             spec->usage, spec->summary);
     for (size_t i = 0; i < spec->n_options; i++) {
@@ -174,7 +187,7 @@ void config_print_help(const struct config_spec *spec, FILE *out)
         char flag[96];
         snprintf(flag, sizeof(flag), "--%s%s%s", o->name, *arg ? " " : "", arg);
         fprintf(out, "  %-30s %s\n", flag, o->env ? o->env : "");
-        fprintf(out, "      %s", o->help);
+        fprintf(out, "      %s%s", o->help, o->type == CONFIG_LIST ? " (repeatable)" : "");
         if (o->def && *o->def)
             fprintf(out, " (default: %s)", o->def);
         fputc('\n', out);

@@ -19,6 +19,15 @@ enum config_type {
     CONFIG_DOUBLE, /* value: double * */
     CONFIG_BOOL,   /* value: int *; "--flag" alone is true; "--flag false", "--flag=no" and
                     * "--no-flag" set it false */
+    CONFIG_LIST,   /* value: struct config_list *; each use of the flag adds one item (no
+                    * environment variable, no default) */
+};
+
+#define CONFIG_LIST_MAX 64
+
+struct config_list {
+    const char *items[CONFIG_LIST_MAX]; /* borrowed from argv */
+    int n;
 };
 
 struct config_option {

@@ -148,6 +148,29 @@ static void test_boolean_forms(void **state)
     assert_non_null(strstr(err, "not a boolean"));
 }
 
+static void test_list_option_collects_every_use(void **state)
+{
+    (void)state;
+    struct config_list stops;
+    long long n = 0;
+    const struct config_option opts[] = {
+        {"stop", NULL, CONFIG_LIST, &stops, NULL, 0, 0, NULL, "Stop string."},
+        {"n", NULL, CONFIG_INT, &n, "1", 0, 0, NULL, "A number."},
+    };
+    const struct config_spec sp = {"prog", "Lists.", opts, 2};
+    char err[256];
+    char *argv[] = {"prog", "--stop", "a b", "--n", "3", "--stop=\\n", "--stop", ""};
+    assert_int_equal(config_parse(&sp, 8, argv, env_get, err, sizeof(err)), 0);
+    assert_int_equal(stops.n, 3);
+    assert_string_equal(stops.items[0], "a b");
+    assert_string_equal(stops.items[1], "\\n");
+    assert_string_equal(stops.items[2], "");
+    assert_int_equal(n, 3);
+    char *none[] = {"prog"};
+    assert_int_equal(config_parse(&sp, 1, none, env_get, err, sizeof(err)), 0);
+    assert_int_equal(stops.n, 0);
+}
+
 static void test_help_lists_flags_and_env_vars(void **state)
 {
     (void)state;
@@ -179,6 +202,7 @@ int main(void)
         cmocka_unit_test_setup(test_bad_env_value_names_the_variable, clear_env),
         cmocka_unit_test_setup(test_unknown_flag_and_missing_value, clear_env),
         cmocka_unit_test_setup(test_boolean_forms, clear_env),
+        cmocka_unit_test_setup(test_list_option_collects_every_use, clear_env),
         cmocka_unit_test_setup(test_help_lists_flags_and_env_vars, clear_env),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);

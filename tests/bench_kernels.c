@@ -1,0 +1,293 @@
+/*
+ * bench_kernels: throughput of the CPU kernels, printed as tables.
+ *
+ *   matvec (decode, 1 token): GB/s of weights streamed, per type, 1 and 2
+ *   threads, for 4096x4096 and the projections of a dim-768 model. The
+ *   weights of one measurement rotate through copies totalling >= 256 MiB,
+ *   so they come from DRAM and not from the 32 MiB L3, as in a real step.
+ *   model step: every matvec of a decode step of a dim-768, 12-layer,
+ *   FFN-2048, vocab-32000 model (its own weights, ~110 M parameters), as
+ *   tokens/s: what the forward pass can reach on this machine before
+ *   attention and the element-wise ops.
+ *   matmul (prefill, 128 tokens): GFLOP/s.
+ *   pool: the cost of one kc_pool_run of an empty function, with the
+ *   workers spinning (back-to-back runs) and asleep (after 2 ms idle).
+ *
+ * Each number is the best of several repetitions (other processes share
+ * this machine). MILLRACE_CPU=scalar benchmarks the scalar path.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernels/cpu/cpu.h"
+#include "kernels/cpu/dtype.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/pool.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static uint64_t rng = 88172645463325252ull;
+
+static uint32_t rnd(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)rng;
+}
+
+/* n bytes of random weights of type, 2 MiB aligned, huge pages advised (as a
+ * loader that copies weights into anonymous memory would) */
+static void *alloc_weights(int type, size_t n)
+{
+    size_t align = 2u << 20, bytes = (n + align - 1) / align * align;
+    unsigned char *w = aligned_alloc(align, bytes);
+    if (!w) {
+        fprintf(stderr, "out of memory (%zu bytes)\n", bytes);
+        exit(1);
+    }
+    madvise(w, bytes, MADV_HUGEPAGE);
+    if (type == KC_TYPE_F32) {
+        float *f = (float *)w;
+        for (size_t i = 0; i < n / 4; i++)
+            f[i] = (float)(rnd() >> 8) / (1 << 24) - 0.5f;
+    } else if (type == KC_TYPE_Q8_0) {
+        for (size_t i = 0; i + 34 <= n; i += 34) {
+            uint16_t d = kc_fp32_to_fp16(0.01f);
+            memcpy(w + i, &d, 2);
+            for (int j = 0; j < 32; j++)
+                w[i + 2 + j] = (unsigned char)rnd();
+        }
+    } else {
+        uint16_t *h = (uint16_t *)w;
+        for (size_t i = 0; i < n / 2; i++) {
+            float v = (float)(rnd() >> 8) / (1 << 24) - 0.5f;
+            h[i] = type == KC_TYPE_F16 ? kc_fp32_to_fp16(v) : kc_fp32_to_bf16(v);
+        }
+    }
+    return w;
+}
+
+static const int types[] = {KC_TYPE_F32, KC_TYPE_F16, KC_TYPE_BF16, KC_TYPE_Q8_0};
+#define N_TYPES 4
+
+struct shape {
+    const char *name;
+    int n_in, n_out;
+};
+
+/* seconds per matvec, weights rotating through >= 256 MiB of copies */
+static double time_matvec(struct kc_pool *p, struct kc_scratch *s, int type, int n_in, int n_out)
+{
+    size_t wb = kc_type_row_size(type, n_in) * n_out;
+    int copies = (int)((256u << 20) / wb) + 1;
+    unsigned char *w = alloc_weights(type, wb * copies);
+    float *x = malloc(n_in * sizeof *x), *y = malloc(n_out * sizeof *y);
+    for (int i = 0; i < n_in; i++)
+        x[i] = (float)(rnd() >> 8) / (1 << 24) - 0.5f;
+    int iters = copies < 64 ? 64 : copies;
+    double best = 1e9;
+    for (int rep = 0; rep < 7; rep++) {
+        double t0 = now();
+        for (int it = 0; it < iters; it++)
+            kc_matmul(p, y, x, w + (size_t)(it % copies) * wb, type, 1, n_in, n_out, s);
+        double t = (now() - t0) / iters;
+        best = t < best ? t : best;
+    }
+    free(w);
+    free(x);
+    free(y);
+    return best;
+}
+
+static void bench_matvec(struct kc_pool *pools[2], struct kc_scratch *s)
+{
+    static const struct shape shapes[] = {
+        {"4096x4096", 4096, 4096},
+        {"768->768 (wq,wo)", 768, 768},
+        {"768->2048 (ffn up)", 768, 2048},
+        {"2048->768 (ffn down)", 2048, 768},
+        {"768->32000 (lm head)", 768, 32000},
+        {"4096->14336", 4096, 14336},
+    };
+    printf("\nmatvec, 1 token (decode): GB/s of weights [us per call]\n");
+    printf("%-22s", "shape");
+    for (int t = 0; t < N_TYPES; t++)
+        printf(" | %-6s 1 thr      2 thr       ", kc_type_name(types[t]));
+    printf("\n");
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        printf("%-22s", shapes[i].name);
+        for (int t = 0; t < N_TYPES; t++) {
+            printf(" |");
+            for (int th = 0; th < 2; th++) {
+                double sec = time_matvec(pools[th], s, types[t], shapes[i].n_in, shapes[i].n_out);
+                double gb =
+                    kc_type_row_size(types[t], shapes[i].n_in) * shapes[i].n_out / sec / 1e9;
+                printf(" %5.1f [%6.0f]", gb, sec * 1e6);
+            }
+        }
+        printf("\n");
+        fflush(stdout);
+    }
+}
+
+/* all the matvecs of one decode step of the dim-768 model */
+static void bench_model_step(struct kc_pool *pools[2], struct kc_scratch *s)
+{
+    enum { LAYERS = 12, DIM = 768, FFN = 2048, VOCAB = 32000 };
+    printf("\ndecode step of a dim-768, 12-layer, FFN-2048, vocab-32000 model (matvecs only)\n");
+    printf("%-6s %10s %14s %14s\n", "type", "weights", "1 thr tok/s", "2 thr tok/s");
+    float *x = malloc(FFN * sizeof *x), *y = malloc(VOCAB * sizeof *y);
+    for (int i = 0; i < FFN; i++)
+        x[i] = (float)(rnd() >> 8) / (1 << 24) - 0.5f;
+    for (int t = 0; t < N_TYPES; t++) {
+        const int type = types[t];
+        const size_t sq = kc_type_row_size(type, DIM) * DIM;
+        const size_t up = kc_type_row_size(type, DIM) * FFN;
+        const size_t down = kc_type_row_size(type, FFN) * DIM;
+        const size_t head = kc_type_row_size(type, DIM) * VOCAB;
+        const size_t layer = 4 * sq + 2 * up + down;
+        const size_t total = LAYERS * layer + head;
+        unsigned char *w = alloc_weights(type, total);
+        printf("%-6s %7.0f MB", kc_type_name(type), total / 1e6);
+        for (int th = 0; th < 2; th++) {
+            double best = 1e9;
+            for (int rep = 0; rep < 10; rep++) {
+                double t0 = now();
+                unsigned char *p = w;
+                for (int l = 0; l < LAYERS; l++) {
+                    for (int m = 0; m < 4; m++, p += sq)
+                        kc_matmul(pools[th], y, x, p, type, 1, DIM, DIM, s);
+                    for (int m = 0; m < 2; m++, p += up)
+                        kc_matmul(pools[th], y, x, p, type, 1, DIM, FFN, s);
+                    kc_matmul(pools[th], y, x, p, type, 1, FFN, DIM, s);
+                    p += down;
+                }
+                kc_matmul(pools[th], y, x, p, type, 1, DIM, VOCAB, s);
+                double sec = now() - t0;
+                best = sec < best ? sec : best;
+            }
+            printf(" %7.1f (%4.1f GB/s)", 1 / best, total / best / 1e9);
+        }
+        printf("\n");
+        fflush(stdout);
+        free(w);
+    }
+    free(x);
+    free(y);
+}
+
+static void bench_matmul(struct kc_pool *pools[2], struct kc_scratch *s)
+{
+    static const struct shape shapes[] = {
+        {"4096x4096", 4096, 4096},
+        {"768->2048", 768, 2048},
+        {"2048->768", 2048, 768},
+        {"768->32000", 768, 32000},
+    };
+    enum { NT = 128 };
+    printf("\nmatmul, %d tokens (prefill): GFLOP/s\n", NT);
+    printf("%-12s", "shape");
+    for (int t = 0; t < N_TYPES; t++)
+        printf(" | %-5s 1 thr  2 thr", kc_type_name(types[t]));
+    printf("\n");
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        const int n_in = shapes[i].n_in, n_out = shapes[i].n_out;
+        float *x = malloc((size_t)NT * n_in * sizeof *x);
+        float *y = malloc((size_t)NT * n_out * sizeof *y);
+        for (size_t j = 0; j < (size_t)NT * n_in; j++)
+            x[j] = (float)(rnd() >> 8) / (1 << 24) - 0.5f;
+        printf("%-12s", shapes[i].name);
+        for (int t = 0; t < N_TYPES; t++) {
+            unsigned char *w = alloc_weights(types[t], kc_type_row_size(types[t], n_in) * n_out);
+            printf(" |");
+            for (int th = 0; th < 2; th++) {
+                double best = 1e9;
+                for (int rep = 0; rep < 5; rep++) {
+                    double t0 = now();
+                    kc_matmul(pools[th], y, x, w, types[t], NT, n_in, n_out, s);
+                    double sec = now() - t0;
+                    best = sec < best ? sec : best;
+                }
+                printf(" %6.1f", 2.0 * NT * n_in * n_out / best / 1e9);
+            }
+            free(w);
+        }
+        printf("\n");
+        fflush(stdout);
+        free(x);
+        free(y);
+    }
+}
+
+static void empty_fn(void *ctx, int i, int n)
+{
+    (void)ctx;
+    (void)i;
+    (void)n;
+}
+
+static void bench_pool(void)
+{
+    printf("\npool: one kc_pool_run of an empty function\n");
+    printf("%-9s %14s %14s\n", "threads", "spinning (us)", "asleep (us)");
+    for (int n = 1; n <= 2; n++) {
+        struct kc_pool *p;
+        if (kc_pool_create(&p, n) != 0)
+            exit(1);
+        double hot = 1e9, cold = 1e9;
+        for (int rep = 0; rep < 10; rep++) {
+            enum { N = 20000 };
+            double t0 = now();
+            for (int i = 0; i < N; i++)
+                kc_pool_run(p, empty_fn, NULL);
+            double t = (now() - t0) / N;
+            hot = t < hot ? t : hot;
+        }
+        double sum = 0;
+        for (int rep = 0; rep < 50; rep++) {
+            usleep(2000); /* > the spin time: the worker sleeps on its futex */
+            double t0 = now();
+            kc_pool_run(p, empty_fn, NULL);
+            double t = now() - t0;
+            sum += t;
+            cold = t < cold ? t : cold;
+        }
+        printf("%-9d %14.2f %7.1f (mean %.1f)\n", n, hot * 1e6, cold * 1e6, sum / 50 * 1e6);
+        kc_pool_destroy(p);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    struct kc_pool *pools[2];
+    struct kc_scratch *s;
+    if (kc_pool_create(&pools[0], 1) || kc_pool_create(&pools[1], 2) ||
+        kc_scratch_create(&s, 128, 14336)) {
+        fprintf(stderr, "bench_kernels: setup failed\n");
+        return 1;
+    }
+    printf("kernels/cpu on %s path, %ld CPUs online\n", kc_cpu_isa_name(kc_cpu_isa()),
+           sysconf(_SC_NPROCESSORS_ONLN));
+    bench_pool();
+    bench_model_step(pools, s);
+    if (!quick) {
+        bench_matvec(pools, s);
+        bench_matmul(pools, s);
+    }
+    kc_scratch_destroy(s);
+    kc_pool_destroy(pools[0]);
+    kc_pool_destroy(pools[1]);
+    return 0;
+}
