@@ -24,9 +24,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/dtype.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
 
 static double now(void)
@@ -230,6 +232,65 @@ static void bench_matmul(struct kc_pool *pools[2], struct kc_scratch *s)
     }
 }
 
+/* one query token of a Mistral-7B-shaped layer (32 heads, 8 KV heads of
+ * 128) over ctx positions of a paged fp16 cache; one thread */
+static void bench_attention(void)
+{
+    enum { NH = 32, NKV = 8, HD = 128, BS = 16, MAXCTX = 4096 };
+    const int row = NKV * HD, n_blocks = MAXCTX / BS;
+    uint16_t *k = malloc((size_t)MAXCTX * row * 2), *v = malloc((size_t)MAXCTX * row * 2);
+    const uint16_t **kb = malloc(n_blocks * sizeof *kb), **vb = malloc(n_blocks * sizeof *vb);
+    float *q = malloc(NH * HD * sizeof *q), *out = malloc(NH * HD * sizeof *out);
+    float *scratch = malloc((size_t)NH * MAXCTX * sizeof *scratch);
+    for (size_t i = 0; i < (size_t)MAXCTX * row; i++) {
+        k[i] = kc_fp32_to_fp16((float)(rnd() >> 8) / (1 << 24) - 0.5f);
+        v[i] = kc_fp32_to_fp16((float)(rnd() >> 8) / (1 << 24) - 0.5f);
+    }
+    for (int b = 0; b < n_blocks; b++) { /* every other block: not contiguous */
+        int slot = (b * 2) % n_blocks + (b * 2 >= n_blocks);
+        kb[b] = k + (size_t)slot * BS * row;
+        vb[b] = v + (size_t)slot * BS * row;
+    }
+    for (int i = 0; i < NH * HD; i++)
+        q[i] = (float)(rnd() >> 8) / (1 << 24) - 0.5f;
+    printf("\nattention, 1 query token, 32 heads / 8 KV heads x 128, fp16 KV, 1 thread\n");
+    printf("%-8s %12s %12s\n", "context", "us", "KV GB/s");
+    static const int ctxs[] = {128, 512, 4096};
+    for (size_t c = 0; c < sizeof ctxs / sizeof *ctxs; c++) {
+        double best = 1e9;
+        for (int rep = 0; rep < 20; rep++) {
+            double t0 = now();
+            kc_attention(out, q, kb, vb, BS, 0, ctxs[c] - 1, NH, NKV, HD, 0.0884f, scratch);
+            double t = now() - t0;
+            best = t < best ? t : best;
+        }
+        printf("%-8d %12.1f %12.1f\n", ctxs[c], best * 1e6, 2.0 * ctxs[c] * row * 2 / best / 1e9);
+    }
+    float *sm = malloc(4096 * sizeof *sm);
+    double best_ref = 1e9, best = 1e9;
+    for (int rep = 0; rep < 200; rep++) {
+        for (int i = 0; i < 4096; i++)
+            sm[i] = (float)(rnd() >> 8) / (1 << 20);
+        double t0 = now();
+        kc_softmax_ref(sm, 4096);
+        double t1 = now();
+        kc_softmax(sm, 4096);
+        double t2 = now();
+        best_ref = t1 - t0 < best_ref ? t1 - t0 : best_ref;
+        best = t2 - t1 < best ? t2 - t1 : best;
+    }
+    printf("softmax of 4096: reference (expf) %.1f us, kc_softmax %.1f us\n", best_ref * 1e6,
+           best * 1e6);
+    free(sm);
+    free(k);
+    free(v);
+    free(kb);
+    free(vb);
+    free(q);
+    free(out);
+    free(scratch);
+}
+
 static void empty_fn(void *ctx, int i, int n)
 {
     (void)ctx;
@@ -281,6 +342,7 @@ int main(int argc, char **argv)
     printf("kernels/cpu on %s path, %ld CPUs online\n", kc_cpu_isa_name(kc_cpu_isa()),
            sysconf(_SC_NPROCESSORS_ONLN));
     bench_pool();
+    bench_attention();
     bench_model_step(pools, s);
     if (!quick) {
         bench_matvec(pools, s);

@@ -1031,7 +1031,9 @@ static void test_attention_gqa_paged_matches_naive(void **state)
         kv_cache_init(&c, a.last + 1, a.block_size, a.n_kv * a.hd);
         float *q = xmalloc(a.n_heads * a.hd * sizeof *q);
         float *out = xmalloc(a.n_heads * a.hd * sizeof *out);
-        float *scratch = xmalloc((size_t)a.n_heads * (a.last - a.first + 1) * sizeof *scratch);
+        /* the documented minimum: (n_heads / n_kv_heads) * span */
+        float *scratch =
+            xmalloc((size_t)(a.n_heads / a.n_kv) * (a.last - a.first + 1) * sizeof *scratch);
         fill_test_row(q, a.n_heads * a.hd, 0);
         const float scale = 1.0f / sqrtf((float)a.hd);
         for (int k = 0; k < N_ISAS; k++) {
@@ -1053,7 +1055,7 @@ static void test_attention_gqa_paged_matches_naive(void **state)
     print_message("    largest error: scalar %.3g, avx2 %.3g (of max|v|)\n", worst[0], worst[1]);
 }
 
-static void test_attention_batch_equals_single_calls(void **state)
+static void test_attention_batch_and_per_kv_head_equal_single_calls(void **state)
 {
     (void)state;
     enum { NH = 8, NKV = 2, HD = 64, BS = 16, NT = 37 };
@@ -1062,7 +1064,7 @@ static void test_attention_batch_equals_single_calls(void **state)
     kv_cache_init(&c, NT, BS, NKV * HD);
     float *q = xmalloc(NT * NH * HD * sizeof *q);
     float *want = xmalloc(NT * NH * HD * sizeof *want), *got = xmalloc(NT * NH * HD * sizeof *got);
-    float *scratch = xmalloc(4 * NH * NT * sizeof *scratch);
+    float *scratch = xmalloc(4 * (NH / NKV) * NT * sizeof *scratch); /* the minimum */
     fill_test_row(q, NT * NH * HD, 0);
     struct kc_attn_token toks[NT];
     for (int k = 0; k < N_ISAS; k++) {
@@ -1078,14 +1080,27 @@ static void test_attention_batch_equals_single_calls(void **state)
                                              (const uint16_t *const *)c.v,
                                              first,
                                              t};
+            memset(got + t * NH * HD, 0, NH * HD * sizeof *got);
+            for (int kv = 0; kv < NKV; kv++) /* head by head: the same bits */
+                kc_attention_kv(got + t * NH * HD, q + t * NH * HD, (const uint16_t *const *)c.k,
+                                (const uint16_t *const *)c.v, BS, first, t, NH, NKV, HD, 0.125f,
+                                scratch, kv);
+            assert_memory_equal(got + t * NH * HD, want + t * NH * HD, NH * HD * sizeof *got);
         }
-        for (int n = 1; n <= 4; n++) {
-            struct kc_pool *p;
-            assert_int_equal(kc_pool_create(&p, n), 0);
-            memset(got, 0, NT * NH * HD * sizeof *got);
-            kc_attention_batch(p, toks, NT, BS, NH, NKV, HD, 0.125f, scratch, NT);
-            assert_memory_equal(got, want, NT * NH * HD * sizeof *got);
-            kc_pool_destroy(p);
+        /* 37 tokens: whole tokens per work item; 1 or 3 tokens with up to 4
+         * threads: tokens cut into KV-head ranges */
+        static const int counts[] = {NT, 1, 3};
+        for (int ci = 0; ci < 3; ci++) {
+            const int nt = counts[ci], t0 = NT - nt; /* the last, longest tokens */
+            for (int n = 1; n <= 4; n++) {
+                struct kc_pool *p;
+                assert_int_equal(kc_pool_create(&p, n), 0);
+                memset(got, 0, NT * NH * HD * sizeof *got);
+                kc_attention_batch(p, toks + t0, nt, BS, NH, NKV, HD, 0.125f, scratch, NT);
+                assert_memory_equal(got + t0 * NH * HD, want + t0 * NH * HD,
+                                    nt * NH * HD * sizeof *got);
+                kc_pool_destroy(p);
+            }
         }
     }
     free(q);
@@ -1147,7 +1162,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_exp_polynomial_within_2_ulp),
         cmocka_unit_test(test_swiglu_softmax_add_match_reference),
         cmocka_unit_test(test_attention_gqa_paged_matches_naive),
-        cmocka_unit_test(test_attention_batch_equals_single_calls),
+        cmocka_unit_test(test_attention_batch_and_per_kv_head_equal_single_calls),
         cmocka_unit_test(test_env_forces_scalar_path),
     };
     return cmocka_run_group_tests_name("kernels", tests, group_setup, group_teardown);

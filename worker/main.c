@@ -338,7 +338,6 @@ static int cmd_bench(int argc, char **argv)
     }
     int total = (int)(n_prompt + n_decode);
     int *tokens = malloc((size_t)total * sizeof(*tokens));
-    float *logits = malloc((size_t)e->model->cfg.vocab_size * sizeof(float));
     uint64_t state = 12345;
     for (int i = 0; i < total; i++) {
         state = state * 6364136223846793005ull + 1442695040888963407ull;
@@ -369,7 +368,6 @@ static int cmd_bench(int argc, char **argv)
                    dc, gbs);
     }
     free(tokens);
-    free(logits);
     engine_destroy(e);
     return rc < 0 ? 1 : 0;
 }

@@ -7,16 +7,17 @@
  * blocks. The caller decides which positions a query sees (causality,
  * sliding window) and passes them as first_pos..last_pos inclusive.
  *
- * Key decisions: grouped-query attention is computed per KV head, for all
- * n_heads/n_kv_heads query heads of its group at once, so each K and V row
- * is read from memory once per token (and converted from fp16 once).
- * Scores and sums are f32: q is not rounded to fp16 (llama.cpp does round
- * q, and the softmax weights without flash attention, to fp16 first; the
+ * Key decisions: grouped-query attention reads each K and V row once per
+ * token for all the query heads that use it (n_heads/n_kv_heads per KV
+ * head), converting fp16 to f32 as it loads. The AVX2 path walks the
+ * positions once, in chunks, with an online softmax (running max and sum,
+ * as flash attention does); the scalar reference takes two passes with a
+ * max-subtracted softmax. Scores and sums are f32: q is not rounded to fp16
+ * (llama.cpp rounds q, and with flash attention accumulates V in fp16; the
  * difference is within its own fp16 noise). Threading: kc_attention and
- * kc_attention_kv are single-threaded; kc_attention_batch spreads tokens x
- * KV heads over a pool, one work item at a time from an atomic counter
- * (causal prefill makes later tokens costlier, so a static split would be
- * uneven).
+ * kc_attention_kv run on the calling thread; kc_attention_batch spreads
+ * (token, KV-head range) work items over a pool, taken one at a time from an
+ * atomic counter because causal prefill makes later tokens costlier.
  */
 #pragma once
 
@@ -33,7 +34,8 @@ void kc_kv_store(uint16_t *row, const float *x, int n);
  * per query head; query head h reads KV head h / (n_heads / n_kv_heads).
  * q (n_heads, head_dim); k_blocks/v_blocks: the sequence's block table,
  * entries for blocks first_pos/block_size..last_pos/block_size used; scratch
- * at least n_heads * (last_pos - first_pos + 1) floats. Requires
+ * at least (n_heads/n_kv_heads) * (last_pos - first_pos + 1) floats (the
+ * scalar path's scores; the AVX2 path needs none). n_heads <= 256. Requires
  * 0 <= first_pos <= last_pos and n_heads % n_kv_heads == 0. All borrowed;
  * out must not overlap q or scratch. Thread-safe with separate out/scratch.
  */
@@ -42,8 +44,8 @@ void kc_attention(float *out, const float *q, const uint16_t *const *k_blocks,
                   int n_heads, int n_kv_heads, int head_dim, float scale, float *scratch);
 
 /* The same for the query heads of KV head kv only (they are written in out,
- * the rest of out is untouched); scratch at least
- * (n_heads/n_kv_heads) * (last_pos - first_pos + 1) floats. */
+ * the rest of out is untouched). Results are bit-identical to kc_attention's
+ * for those heads. */
 void kc_attention_kv(float *out, const float *q, const uint16_t *const *k_blocks,
                      const uint16_t *const *v_blocks, int block_size, int first_pos, int last_pos,
                      int n_heads, int n_kv_heads, int head_dim, float scale, float *scratch,
@@ -64,9 +66,11 @@ struct kc_attn_token {
 };
 
 /*
- * kc_attention for n_tokens tokens on the pool's threads. scratch: at least
- * kc_pool_threads(p) * (n_heads/n_kv_heads) * max_span floats, where
- * max_span >= last_pos - first_pos + 1 of every token. All borrowed.
+ * kc_attention for n_tokens tokens on the pool's threads, bit-identical to
+ * calling it for each token. Tokens are cut into KV-head ranges only when
+ * there are fewer tokens than threads. scratch: at least kc_pool_threads(p)
+ * * (n_heads/n_kv_heads) * max_span floats, where max_span >= last_pos -
+ * first_pos + 1 of every token. All borrowed.
  */
 void kc_attention_batch(struct kc_pool *p, const struct kc_attn_token *tokens, int n_tokens,
                         int block_size, int n_heads, int n_kv_heads, int head_dim, float scale,

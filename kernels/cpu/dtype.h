@@ -8,7 +8,10 @@
  * pass is compared with its outputs: f32->f16 rounds to nearest even (as
  * F16C does; NaNs stay NaN), f32->bf16 is GGML_FP32_TO_BF16 (nearest even,
  * subnormals kept, NaN made quiet) and f32->Q8_0 is quantize_row_q8_0_ref
- * (d = max|x|/127, q = roundf(x/d), half away from zero). The scalar
+ * (d = max|x|/127, q = roundf(x/d), half away from zero; note that
+ * ggml's own AVX2 quantize_row_q8_0, which llama.cpp uses on x86, scales by
+ * 127/max|x| and rounds halves to even, so a q can differ by 1 from it in
+ * rare ties). The scalar
  * functions are exact reimplementations and the references of the tests;
  * the row functions use F16C/AVX2 where kc_cpu_isa() allows and give
  * bit-identical results.

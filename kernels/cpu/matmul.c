@@ -1,20 +1,32 @@
 /*
  * matmul: y = x W^T for F32, F16, BF16 and Q8_0 weights (see matmul.h).
  *
- * The scalar code (kc_rows_scalar) is the reference and the fallback; the
- * AVX2 code computes the same sums in tiles:
+ * The scalar code (kc_rows_scalar) is the reference and the fallback. The
+ * AVX2 code splits the rows across threads and computes tiles of 4 weight
+ * rows x 3 tokens: 12 accumulators of 8 lanes, which with the 3 x vectors
+ * and the converted weight vector fill the 16 ymm registers:
  *
- *   for each chunk [k0, k1) of the n_in dimension   (x chunk for all tokens in L2)
- *     for each group of 4 rows of this thread       (4 rows x chunk in L1)
+ *   for each chunk [k0, k1) of n_in       (all tokens' x chunk: half the L2)
+ *     for each tile of 4 of the thread's rows    (4 rows x chunk: L1)
  *       for each group of 3 tokens
- *         12 accumulators (4 rows x 3 tokens) of 8 lanes, 16 ymm registers
- *         with the 3 x vectors and the converted weight vector
+ *
+ * With few tokens the 4 rows of a tile come from the 4 quarters of the
+ * thread's rows (4 long sequential streams for the prefetcher), with many
+ * they are adjacent (kc_plan_rows has the numbers). Decode (1 token, no
+ * chunks) uses a 4-row x 1-token kernel with 2 accumulators per row.
  *
  * Weights are converted to f32 as they are loaded (F16: vcvtph2ps, BF16: a
- * 16-bit shift), x was converted once by kc_matmul_prepare. Q8_0 multiplies
+ * 16-bit shift); x was converted once by kc_matmul_prepare. Q8_0 multiplies
  * int8 by int8 with vpmaddubsw on |w| and sign(x, w), sums pairs to int32
  * with vpmaddwd and scales each block's int32 lanes by d_w * d_x in f32, as
  * ggml's ggml_vec_dot_q8_0_q8_0 does.
+ *
+ * No AVX-512 path: decode runs at the memory bandwidth already, and this
+ * Zen 4 executes a 512-bit FMA as two 256-bit halves: a register-bound FMA
+ * loop peaks at 116 GFLOP/s per core with ymm and 116 with zmm. Prefill
+ * reaches 75-100 of those 116 with AVX2 (tests/bench_kernels.c); AVX-512
+ * would only save loads (and VNNI two of the six Q8_0 operations per block
+ * pair) - not tried.
  */
 #include "kernels/cpu/matmul.h"
 
@@ -35,10 +47,18 @@
 #define KC_AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
 #endif
 
-/* Floats of x per chunk for all tokens together: 64 Ki floats = 256 KiB,
- * a quarter of this machine's 1 MiB L2 per core. */
+/* Floats of x per chunk for all tokens together: 128 Ki floats = 512 KiB,
+ * half this machine's 1 MiB L2 per core. 4096x4096, 128 tokens, 1 thread,
+ * F32: chunks of 128 KiB 80 GFLOP/s, 256 KiB 86, 512 KiB 90, 1 MiB 79, no
+ * chunks 75 (F16 within 5% for all). */
 #ifndef KC_MM_CHUNK_FLOATS
-#define KC_MM_CHUNK_FLOATS (1 << 16)
+#define KC_MM_CHUNK_FLOATS (1 << 17)
+#endif
+
+/* Up to this many tokens a tile's 4 rows come from 4 quarters of the
+ * thread's rows (see kc_plan_rows). */
+#ifndef KC_MM_STREAM_TOKENS
+#define KC_MM_STREAM_TOKENS 16
 #endif
 
 /* Converting x in parallel pays off above this many values. */
@@ -64,7 +84,8 @@ int kc_scratch_create(struct kc_scratch **out, int max_tokens, int max_n_in)
     if (!s)
         return -ENOMEM;
     size_t n = (size_t)max_tokens * (size_t)max_n_in;
-    size_t bytes = 4 * (n + (size_t)max_tokens * 32) + 256;
+    size_t bytes = (4 * (n + (size_t)max_tokens * 32) + 256 + 63) &
+                   ~(size_t)63; /* C11: a multiple of the alignment */
     s->buf = aligned_alloc(64, bytes);
     if (!s->buf) {
         free(s);
@@ -140,9 +161,9 @@ void kc_matmul_prepare(struct kc_pool *p, struct kc_scratch *s, const float *x, 
     }
     assert(n_tokens <= s->max_tokens && n_in <= s->max_n_in);
     /* Token rows a multiple of 4 KiB apart (n_in = 4096: 16 KiB in f32, 4 KiB
-     * in int8) fall into the same few L1/L2 sets, and the chunk of x that
-     * should stay in L2 evicts itself: a 64-byte pad between rows took the
-     * f32 prefill (4096 x 4096, 128 tokens, 1 thread) from 57 to NN GFLOP/s. */
+     * in int8) fall into the same few L1/L2 sets. A 64-byte pad between rows:
+     * 4096x4096 F16, 128 tokens, 1 thread, 84-88 -> 91-93 GFLOP/s (F32 and
+     * Q8_0 unchanged within the noise). */
     int esize = wtype == KC_TYPE_Q8_0 ? 1 : 4;
     s->xs = (n_in * esize + 63) / 64 * 64 / esize;
     if (n_tokens > 1 && (s->xs * esize) % 1024 == 0)
@@ -185,7 +206,9 @@ static inline float kc_w1(int type, const char *row, int k)
     return type == KC_TYPE_F16 ? kc_fp16_to_fp32(h) : kc_bf16_to_fp32(h);
 }
 
-/* The reference: one dot product per (row, token), in order. */
+/* The reference: one dot product per (row, token), in order. It is also
+ * the fallback without AVX2, slow by design (one FP add chain: the dim-768
+ * model decodes at 11 (F32) / 2.8 (F16) / 15 (Q8_0) tok/s on 1 thread). */
 static void kc_rows_scalar(const struct kc_mm *m, int lo, int hi)
 {
     const int n_in = m->n_in, nb = n_in / KC_QK8_0;
@@ -244,10 +267,13 @@ static KC_AVX2_INLINE __m128 kc_hsum4(__m256 a, __m256 b, __m256 c, __m256 d)
     return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-/* y[t*ys + r] (+)= the reduced acc[r][t] (+ the scalar tail); add: accumulate
- * onto the partial sums of the previous chunks */
+/*
+ * Where a tile's results go: y[t*ys + r*yr] for token t and row r of the
+ * tile (yr = 1: adjacent rows; the streaming layout below puts the 4 rows of
+ * a tile q rows apart). add: onto the partial sums of the previous chunks.
+ */
 static KC_AVX2_INLINE void kc_tile_store(int rm, int rn, __m256 acc[KC_RM][KC_RN], float *y, int ys,
-                                         int add, const float tail[KC_RM][KC_RN])
+                                         int yr, int add, const float tail[KC_RM][KC_RN])
 {
 #pragma GCC unroll 3
     for (int t = 0; t < rn; t++) {
@@ -256,13 +282,20 @@ static KC_AVX2_INLINE void kc_tile_store(int rm, int rn, __m256 acc[KC_RM][KC_RN
             __m128 s = kc_hsum4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
             if (tail)
                 s = _mm_add_ps(s, _mm_setr_ps(tail[0][t], tail[1][t], tail[2][t], tail[3][t]));
-            if (add)
-                s = _mm_add_ps(s, _mm_loadu_ps(yt));
-            _mm_storeu_ps(yt, s);
+            if (yr == 1) {
+                if (add)
+                    s = _mm_add_ps(s, _mm_loadu_ps(yt));
+                _mm_storeu_ps(yt, s);
+            } else {
+                float f[4];
+                _mm_storeu_ps(f, s);
+                for (int r = 0; r < 4; r++)
+                    yt[(size_t)r * yr] = add ? yt[(size_t)r * yr] + f[r] : f[r];
+            }
         } else {
             for (int r = 0; r < rm; r++) {
                 float s = kc_hsum(acc[r][t]) + (tail ? tail[r][t] : 0.0f);
-                yt[r] = add ? yt[r] + s : s;
+                yt[(size_t)r * yr] = add ? yt[(size_t)r * yr] + s : s;
             }
         }
     }
@@ -271,8 +304,8 @@ static KC_AVX2_INLINE void kc_tile_store(int rm, int rn, __m256 acc[KC_RM][KC_RN
 /* rm rows (from w, ws bytes apart) x rn tokens (from x, xs floats apart),
  * over [k0, k1) */
 static KC_AVX2_INLINE void kc_tile_f(int type, int rm, int rn, const char *w, size_t ws,
-                                     const float *x, int xs, float *y, int ys, int k0, int k1,
-                                     int add)
+                                     const float *x, int xs, float *y, int ys, int yr, int k0,
+                                     int k1, int add)
 {
     __m256 acc[KC_RM][KC_RN];
 #pragma GCC unroll 4
@@ -295,7 +328,7 @@ static KC_AVX2_INLINE void kc_tile_f(int type, int rm, int rn, const char *w, si
         }
     }
     if (k == k1) {
-        kc_tile_store(rm, rn, acc, y, ys, add, NULL);
+        kc_tile_store(rm, rn, acc, y, ys, yr, add, NULL);
         return;
     }
     /* n_in % 8 leftover values, only in the last chunk */
@@ -304,27 +337,63 @@ static KC_AVX2_INLINE void kc_tile_f(int type, int rm, int rn, const char *w, si
         for (int r = 0; r < rm; r++)
             for (int t = 0; t < rn; t++)
                 tail[r][t] += kc_w1(type, w + r * ws, k) * x[(size_t)t * xs + k];
-    kc_tile_store(rm, rn, acc, y, ys, add, tail);
+    kc_tile_store(rm, rn, acc, y, ys, yr, add, tail);
 }
 
-/* rm rows x all tokens, over [k0, k1) */
-static KC_AVX2_INLINE void kc_tokens_f(int type, int rm, const struct kc_mm *m, int r, int k0,
-                                       int k1, int add)
+/* rm rows (ws bytes apart, results yr apart) x all tokens, over [k0, k1) */
+static KC_AVX2_INLINE void kc_tokens_f(int type, int rm, const struct kc_mm *m, const char *w,
+                                       size_t ws, float *y, int yr, int k0, int k1, int add)
 {
-    const char *w = m->w + (size_t)r * m->ws;
     int t = 0;
     for (; t + KC_RN <= m->n_tokens; t += KC_RN)
-        kc_tile_f(type, rm, KC_RN, w, m->ws, m->xf + (size_t)t * m->xs, m->xs,
-                  m->y + (size_t)t * m->n_out + r, m->n_out, k0, k1, add);
-    float *y = m->y + (size_t)t * m->n_out + r;
+        kc_tile_f(type, rm, KC_RN, w, ws, m->xf + (size_t)t * m->xs, m->xs,
+                  y + (size_t)t * m->n_out, m->n_out, yr, k0, k1, add);
     const float *x = m->xf + (size_t)t * m->xs;
+    y += (size_t)t * m->n_out;
     switch (m->n_tokens - t) {
     case 2:
-        kc_tile_f(type, rm, 2, w, m->ws, x, m->xs, y, m->n_out, k0, k1, add);
+        kc_tile_f(type, rm, 2, w, ws, x, m->xs, y, m->n_out, yr, k0, k1, add);
         break;
     case 1:
-        kc_tile_f(type, rm, 1, w, m->ws, x, m->xs, y, m->n_out, k0, k1, add);
+        kc_tile_f(type, rm, 1, w, ws, x, m->xs, y, m->n_out, yr, k0, k1, add);
         break;
+    }
+}
+
+/* Decode: 4 rows, q bytes apart, against one token, 2 accumulators each so
+ * 8 FMA chains are in flight. */
+static KC_AVX2_INLINE void kc_rows4_f(int type, const char *w, size_t q, const float *x, float *y,
+                                      size_t yq, int n_in)
+{
+    __m256 acc[4][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= n_in; k += 16) {
+        const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            acc[r][0] = _mm256_fmadd_ps(kc_load_w8(type, w + r * q, k), x0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(kc_load_w8(type, w + r * q, k + 8), x1, acc[r][1]);
+        }
+    }
+    for (; k + 8 <= n_in; k += 8) {
+        const __m256 x0 = _mm256_loadu_ps(x + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+            acc[r][0] = _mm256_fmadd_ps(kc_load_w8(type, w + r * q, k), x0, acc[r][0]);
+    }
+    float s[4];
+    _mm_storeu_ps(
+        s, kc_hsum4(_mm256_add_ps(acc[0][0], acc[0][1]), _mm256_add_ps(acc[1][0], acc[1][1]),
+                    _mm256_add_ps(acc[2][0], acc[2][1]), _mm256_add_ps(acc[3][0], acc[3][1])));
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        float tail = 0.0f;
+        for (int kk = k; kk < n_in; kk++)
+            tail += kc_w1(type, w + r * q, kk) * x[kk];
+        y[r * yq] = s[r] + tail;
     }
 }
 
@@ -337,16 +406,49 @@ static int kc_chunk(int n_tokens, int n_in, int align)
     return kc >= n_in ? n_in : kc;
 }
 
+/*
+ * Which rows form a tile. With few tokens (memory-bound) the thread's rows
+ * are cut in 4 quarters and a tile takes one row from each, so that each
+ * quarter is one long sequential stream. Measured on the dim-768 model's
+ * decode step (1 thread, F16): 4 adjacent rows per tile, 53 tok/s (11.6
+ * GB/s: rows of 1.5 KB make short streams that the prefetcher keeps
+ * restarting); one row at a time, 122 tok/s; 4 quarter streams, 145-152
+ * tok/s (32 GB/s); with 2 to 16 tokens quarters beat adjacent rows by
+ * 1.3-2x as well. With many tokens (compute-bound, x chunked) adjacent rows
+ * win: 4096x4096 F16 at 128 tokens, 2 threads, 175 against 145 GFLOP/s.
+ */
+struct kc_rowplan {
+    int n_tiles; /* tiles of 4 rows */
+    int step;    /* first row of tile i: lo + i*step */
+    int stride;  /* rows between the 4 rows of a tile */
+    int rest;    /* rows [rest, hi) left over, done one by one */
+};
+
+static struct kc_rowplan kc_plan_rows(int n_tokens, int lo, int hi)
+{
+    const int n4 = (hi - lo) / 4;
+    if (n_tokens <= KC_MM_STREAM_TOKENS)
+        return (struct kc_rowplan){n4, 1, n4, lo + 4 * n4};
+    return (struct kc_rowplan){n4, 4, 1, lo + 4 * n4};
+}
+
 static KC_AVX2_INLINE void kc_rows_f_avx2_t(int type, const struct kc_mm *m, int lo, int hi)
 {
+    const struct kc_rowplan rp = kc_plan_rows(m->n_tokens, lo, hi);
     const int kc = kc_chunk(m->n_tokens, m->n_in, 32);
+    const size_t wstride = (size_t)rp.stride * m->ws;
     for (int k0 = 0; k0 < m->n_in; k0 += kc) {
-        int k1 = k0 + kc < m->n_in ? k0 + kc : m->n_in;
-        int r = lo;
-        for (; r + KC_RM <= hi; r += KC_RM)
-            kc_tokens_f(type, KC_RM, m, r, k0, k1, k0 > 0);
-        for (; r < hi; r++)
-            kc_tokens_f(type, 1, m, r, k0, k1, k0 > 0);
+        const int k1 = k0 + kc < m->n_in ? k0 + kc : m->n_in;
+        for (int i = 0; i < rp.n_tiles; i++) {
+            const int r = lo + i * rp.step;
+            const char *w = m->w + (size_t)r * m->ws;
+            if (m->n_tokens == 1 && kc == m->n_in)
+                kc_rows4_f(type, w, wstride, m->xf, m->y + r, (size_t)rp.stride, m->n_in);
+            else
+                kc_tokens_f(type, 4, m, w, wstride, m->y + r, rp.stride, k0, k1, k0 > 0);
+        }
+        for (int r = rp.rest; r < hi; r++)
+            kc_tokens_f(type, 1, m, m->w + (size_t)r * m->ws, m->ws, m->y + r, 1, k0, k1, k0 > 0);
     }
 }
 
@@ -365,10 +467,10 @@ KC_AVX2 static void kc_rows_bf16_avx2(const struct kc_mm *m, int lo, int hi)
     kc_rows_f_avx2_t(KC_TYPE_BF16, m, lo, hi);
 }
 
-/* Q8_0: rm rows x rn tokens over blocks [b0, b1) */
+/* Q8_0: rm rows (ws bytes apart) x rn tokens over blocks [b0, b1) */
 static KC_AVX2_INLINE void kc_tile_q8(int rm, int rn, const char *w, size_t ws, const int8_t *xq,
-                                      int xs, const float *xd, int nb, float *y, int ys, int b0,
-                                      int b1, int add)
+                                      int xs, const float *xd, int nb, float *y, int ys, int yr,
+                                      int b0, int b1, int add)
 {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[KC_RM][KC_RN];
@@ -395,45 +497,49 @@ static KC_AVX2_INLINE void kc_tile_q8(int rm, int rn, const char *w, size_t ws, 
             }
         }
     }
-    kc_tile_store(rm, rn, acc, y, ys, add, NULL);
+    kc_tile_store(rm, rn, acc, y, ys, yr, add, NULL);
 }
 
-static KC_AVX2_INLINE void kc_tokens_q8(int rm, const struct kc_mm *m, int r, int b0, int b1,
-                                        int add)
+static KC_AVX2_INLINE void kc_tokens_q8(int rm, const struct kc_mm *m, const char *w, size_t ws,
+                                        float *y, int yr, int b0, int b1, int add)
 {
-    const char *w = m->w + (size_t)r * m->ws;
     const int nb = m->n_in / KC_QK8_0;
     int t = 0;
     for (; t + KC_RN <= m->n_tokens; t += KC_RN)
-        kc_tile_q8(rm, KC_RN, w, m->ws, m->xq + (size_t)t * m->xs, m->xs, m->xd + (size_t)t * nb,
-                   nb, m->y + (size_t)t * m->n_out + r, m->n_out, b0, b1, add);
-    float *y = m->y + (size_t)t * m->n_out + r;
+        kc_tile_q8(rm, KC_RN, w, ws, m->xq + (size_t)t * m->xs, m->xs, m->xd + (size_t)t * nb, nb,
+                   y + (size_t)t * m->n_out, m->n_out, yr, b0, b1, add);
     const int8_t *xq = m->xq + (size_t)t * m->xs;
     const float *xd = m->xd + (size_t)t * nb;
+    y += (size_t)t * m->n_out;
     switch (m->n_tokens - t) {
     case 2:
-        kc_tile_q8(rm, 2, w, m->ws, xq, m->xs, xd, nb, y, m->n_out, b0, b1, add);
+        kc_tile_q8(rm, 2, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1, add);
         break;
     case 1:
-        kc_tile_q8(rm, 1, w, m->ws, xq, m->xs, xd, nb, y, m->n_out, b0, b1, add);
+        kc_tile_q8(rm, 1, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1, add);
         break;
     }
 }
 
 KC_AVX2 static void kc_rows_q8_avx2(const struct kc_mm *m, int lo, int hi)
 {
-    /* int8 x is a quarter of f32: the same bytes per chunk hold 4x the values */
+    /* rows as in kc_rows_f_avx2_t; the x chunk is int8, so the same bytes
+     * hold 4x the values of f32 */
+    const struct kc_rowplan rp = kc_plan_rows(m->n_tokens, lo, hi);
     const int nb = m->n_in / KC_QK8_0;
+    const size_t wstride = (size_t)rp.stride * m->ws;
     int kb = KC_MM_CHUNK_FLOATS * 4 / KC_QK8_0 / m->n_tokens;
     if (kb < 8)
         kb = 8;
     for (int b0 = 0; b0 < nb; b0 += kb) {
-        int b1 = b0 + kb < nb ? b0 + kb : nb;
-        int r = lo;
-        for (; r + KC_RM <= hi; r += KC_RM)
-            kc_tokens_q8(KC_RM, m, r, b0, b1, b0 > 0);
-        for (; r < hi; r++)
-            kc_tokens_q8(1, m, r, b0, b1, b0 > 0);
+        const int b1 = b0 + kb < nb ? b0 + kb : nb;
+        for (int i = 0; i < rp.n_tiles; i++) {
+            const int r = lo + i * rp.step;
+            kc_tokens_q8(4, m, m->w + (size_t)r * m->ws, wstride, m->y + r, rp.stride, b0, b1,
+                         b0 > 0);
+        }
+        for (int r = rp.rest; r < hi; r++)
+            kc_tokens_q8(1, m, m->w + (size_t)r * m->ws, m->ws, m->y + r, 1, b0, b1, b0 > 0);
     }
 }
 #endif /* KC_X86 */

@@ -5,8 +5,10 @@
  * up to the order of a double-precision sum), except exp: kc_exp8 is a
  * Cephes-style polynomial (Cody-Waite reduction, degree 6) instead of libm's
  * expf. That exp is what makes the AVX2 softmax worth having: attention at
- * a 4096-token context calls exp 4096 times per head, and glibc's expf
- * (~4 ns) would then cost as much as reading the KV cache.
+ * a 4096-token context takes 4096 exps per head, and a softmax of 4096
+ * values takes 17.7 us with glibc's expf against 3.2 us with kc_exp8
+ * (tests/bench_kernels.c); 32 heads of it would be a third of the 1.9 ms the
+ * whole attention of such a layer takes.
  */
 #include "kernels/cpu/ops.h"
 

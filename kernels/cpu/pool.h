@@ -7,8 +7,9 @@
  * finished. A decode step makes a few hundred such runs of ~10-100 us each,
  * so workers spin on a generation counter for a while (KC_POOL_SPIN_NS)
  * before they sleep on a futex, and the caller spins for the last worker the
- * same way: a run on a warm pool costs about a microsecond, not the tens of a
- * futex wake-up (numbers in tests/bench_kernels.c).
+ * same way. An empty run on 2 threads (tests/bench_kernels.c, this 2-core
+ * EPYC): 0.06-0.15 us back to back with the worker spinning, 21-47 us
+ * (mean 39-217) when it has gone to sleep and must be woken by the futex.
  */
 #pragma once
 
