@@ -146,6 +146,7 @@ struct job_limits job_limits_default(void)
 static const char *const job_fields[] = {
     "text",        "max_tokens", "eos_token_ids", "max_input_tokens", "num_samples",       "stop",
     "temperature", "top_k",      "top_p",         "presence_penalty", "frequency_penalty", "seed",
+    "stream",
 };
 
 /* v (borrowed, not NULL or null) must be an integer in [min, max]. Below min,
@@ -421,6 +422,14 @@ static int parse_fields(struct job_request *r, const json_t *root, const struct 
         r->has_seed = rc == 0;
         r->seed = rc == 0 ? (uint64_t)seed : 0;
     }
+    if (rc == 0 && (v = opt(root, "stream"))) {
+        if (!json_is_boolean(v)) {
+            char buf[64];
+            return job_fail(err, "stream", "stream must be true or false, got %s",
+                            job_describe(v, buf, sizeof buf));
+        }
+        r->stream = json_is_true(v);
+    }
     return rc;
 }
 
@@ -533,6 +542,8 @@ int job_request_to_json(const struct job_request *r, char **out)
     bad |= json_object_set_new(root, "frequency_penalty", json_real(r->frequency_penalty));
     if (r->has_seed)
         bad |= json_object_set_new(root, "seed", json_integer((json_int_t)r->seed));
+    if (r->stream)
+        bad |= json_object_set_new(root, "stream", json_true());
     if (!bad)
         *out = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
 out:
@@ -550,7 +561,7 @@ int job_request_equal(const struct job_request *a, const struct job_request *b)
         a->n_stop != b->n_stop || a->temperature != b->temperature || a->top_k != b->top_k ||
         a->top_p != b->top_p || a->presence_penalty != b->presence_penalty ||
         a->frequency_penalty != b->frequency_penalty || a->has_seed != b->has_seed ||
-        (a->has_seed && a->seed != b->seed))
+        (a->has_seed && a->seed != b->seed) || a->stream != b->stream)
         return 0;
     for (size_t i = 0; i < a->n_eos_token_ids; i++)
         if (a->eos_token_ids[i] != b->eos_token_ids[i])

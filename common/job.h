@@ -87,6 +87,7 @@ struct job_request {
     double frequency_penalty; /* in [-2, 2] */
     int has_seed;             /* seed is set */
     uint64_t seed;            /* <= INT64_MAX */
+    int stream;               /* extension: answer /generate as Server-Sent Events */
 };
 
 /*

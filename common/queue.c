@@ -293,7 +293,8 @@ void queue_job_info_fini(struct queue_job_info *info)
 {
     free(info->result);
     free(info->error);
-    info->result = info->error = NULL;
+    free(info->timing);
+    info->result = info->error = info->timing = NULL;
 }
 
 static char *dup_reply(const redisReply *r)
@@ -308,8 +309,8 @@ static char *dup_reply(const redisReply *r)
     return s;
 }
 
-/* Fill out (but position) from the 9 fields state, attempts, result, error,
- * created_ms, started_ms, finished_ms, worker, dead. Returns 0 or -1. */
+/* Fill out (but position) from the 10 fields state, attempts, result, error,
+ * created_ms, started_ms, finished_ms, worker, dead, timing. Returns 0 or -1. */
 static int parse_info(struct queue_job_info *out, redisReply **e)
 {
     if (e[0]->type != REDIS_REPLY_STRING ||
@@ -324,6 +325,7 @@ static int parse_info(struct queue_job_info *out, redisReply **e)
     if (copy_str(out->worker, sizeof(out->worker), e[7]) < 0)
         out->worker[0] = '\0';
     out->dead = e[8]->type == REDIS_REPLY_STRING && e[8]->len == 1 && e[8]->str[0] == '1';
+    out->timing = dup_reply(e[9]);
     return 0;
 }
 
@@ -349,9 +351,9 @@ int queue_job_get(struct queue *q, const char *id, const char *watcher, int watc
         snprintf(q->errstr, sizeof(q->errstr), "no job %s", id);
         return QUEUE_ENOJOB;
     }
-    if (r->elements != 10 || parse_info(out, r->element) < 0)
+    if (r->elements != 11 || parse_info(out, r->element) < 0)
         return proto_error(q, r, "info");
-    out->position = (long)reply_ll(r->element[9]);
+    out->position = (long)reply_ll(r->element[10]);
     freeReplyObject(r);
     if (out->state == QUEUE_DONE && !out->result) {
         queue_job_info_fini(out);
@@ -366,7 +368,7 @@ int queue_job_get_many(struct queue *q, int n, char ids[][QUEUE_ID_MAX + 1],
 {
     static const char *const fields[] = {"HMGET",       "",       "state",      "attempts",
                                          "result",      "error",  "created_ms", "started_ms",
-                                         "finished_ms", "worker", "dead"};
+                                         "finished_ms", "worker", "dead",       "timing"};
     enum { NF = sizeof(fields) / sizeof(fields[0]) };
     int rc = QUEUE_ENOMEM;
     char(*keys)[QUEUE_KEY_MAX] = malloc((size_t)n * sizeof(*keys));
@@ -602,20 +604,21 @@ static int claim_once(struct queue *q, const char *wid, int max_n, struct queue_
     if (rc < 0)
         return rc;
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
-        r->element[0]->type != REDIS_REPLY_INTEGER || (r->elements - 1) % 3 != 0 ||
-        (int)((r->elements - 1) / 3) > max_n)
+        r->element[0]->type != REDIS_REPLY_INTEGER || (r->elements - 1) % 4 != 0 ||
+        (int)((r->elements - 1) / 4) > max_n)
         return proto_error(q, r, "claim");
     if (r->element[0]->integer < 0) {
         freeReplyObject(r);
         snprintf(q->errstr, sizeof(q->errstr), "runner %s is not registered", wid);
         return QUEUE_ELOST;
     }
-    int got = (int)((r->elements - 1) / 3);
+    int got = (int)((r->elements - 1) / 4);
     for (int i = 0; i < got; i++) {
         struct queue_claimed *j = &jobs[i];
-        const redisReply *pr = r->element[3 + 3 * i];
-        copy_str(j->id, sizeof(j->id), r->element[1 + 3 * i]);
-        j->attempt = (long)reply_ll(r->element[2 + 3 * i]);
+        const redisReply *pr = r->element[3 + 4 * i];
+        copy_str(j->id, sizeof(j->id), r->element[1 + 4 * i]);
+        j->attempt = (long)reply_ll(r->element[2 + 4 * i]);
+        j->created = (double)reply_ll(r->element[4 + 4 * i]) / 1e3;
         j->payload_len = pr->type == REDIS_REPLY_STRING ? pr->len : 0;
         j->payload = malloc(j->payload_len + 1);
         if (!j->payload) {
@@ -657,8 +660,9 @@ int queue_claim(struct queue *q, const char *wid, int max_n, int block_ms,
     return claim_once(q, wid, max_n, jobs, n);
 }
 
-int queue_finish(struct queue *q, const char *wid, const char *id, long attempt,
-                 enum queue_outcome outcome, const char *value, size_t value_len, int *recorded)
+int queue_finish_timed(struct queue *q, const char *wid, const char *id, long attempt,
+                       enum queue_outcome outcome, const char *value, size_t value_len,
+                       const char *timing, int *recorded)
 {
     static const char *const names[] = {"done", "failed", "retry", "release"};
     char jk[QUEUE_KEY_MAX], pk[QUEUE_KEY_MAX], att[24], rttl[16], dttl[16];
@@ -674,18 +678,203 @@ int queue_finish(struct queue *q, const char *wid, const char *id, long attempt,
         value = "";
         value_len = 0;
     }
-    const char *argv[] = {jk, pk, id, wid, att, names[outcome], value, rttl, dttl};
-    size_t lens[9];
-    for (int i = 0; i < 9; i++)
+    const char *argv[] = {
+        jk, pk, id, wid, att, names[outcome], value, rttl, dttl, timing ? timing : ""};
+    size_t lens[10];
+    for (int i = 0; i < 10; i++)
         lens[i] = i == 6 ? value_len : strlen(argv[i]);
     redisReply *r;
-    int rc = run_script(q, QUEUE_LUA_FINISH, 2, 9, argv, lens, &r);
+    int rc = run_script(q, QUEUE_LUA_FINISH, 2, 10, argv, lens, &r);
     if (rc < 0)
         return rc;
     if (r->type != REDIS_REPLY_INTEGER)
         return proto_error(q, r, "finish");
     *recorded = r->integer != 0;
     freeReplyObject(r);
+    return 0;
+}
+
+int queue_finish(struct queue *q, const char *wid, const char *id, long attempt,
+                 enum queue_outcome outcome, const char *value, size_t value_len, int *recorded)
+{
+    return queue_finish_timed(q, wid, id, attempt, outcome, value, value_len, NULL, recorded);
+}
+
+int queue_stream_append(struct queue *q, const struct queue_delta *d, int n)
+{
+    enum { XADD_ARGS = 10, EXPIRE_ARGS = 3 };
+    int rc = QUEUE_ENOMEM, n_cmd = 0;
+    char ttl[16];
+    snprintf(ttl, sizeof(ttl), "%d", q->opts.result_ttl_s);
+    char(*keys)[QUEUE_KEY_MAX] = malloc((size_t)n * sizeof(*keys));
+    char(*samples)[12] = malloc((size_t)n * sizeof(*samples));
+    const char *(*argv)[XADD_ARGS] = malloc((size_t)n * 2 * sizeof(*argv));
+    size_t(*lens)[XADD_ARGS] = malloc((size_t)n * 2 * sizeof(*lens));
+    const char **argvs[1]; /* silence unused warnings on empty input */
+    const char *const **av = malloc((size_t)n * 2 * sizeof(*av));
+    const size_t **lv = malloc((size_t)n * 2 * sizeof(*lv));
+    int *argcs = calloc((size_t)n * 2 + 1, sizeof(*argcs));
+    redisReply **replies = calloc((size_t)n * 2 + 1, sizeof(*replies));
+    (void)argvs;
+    if (!keys || !samples || !argv || !lens || !av || !lv || !argcs || !replies)
+        goto out;
+    for (int i = 0; i < n; i++) {
+        if (!id_ok(d[i].id)) {
+            rc = QUEUE_EARG;
+            goto out;
+        }
+        key(q, keys[i], "stream", d[i].id);
+        snprintf(samples[i], sizeof(samples[i]), "%d", d[i].sample);
+        const char *a[XADD_ARGS] = {"XADD", keys[i],  "MAXLEN",   "~",    "10000",
+                                    "*",    "sample", samples[i], "text", d[i].text};
+        memcpy(argv[n_cmd], a, sizeof(a));
+        for (int k = 0; k < XADD_ARGS; k++)
+            lens[n_cmd][k] = k == 9 ? d[i].len : strlen(a[k]);
+        av[n_cmd] = argv[n_cmd];
+        lv[n_cmd] = lens[n_cmd];
+        argcs[n_cmd++] = XADD_ARGS;
+        if (d[i].expire) {
+            const char *e[EXPIRE_ARGS] = {"EXPIRE", keys[i], ttl};
+            memcpy(argv[n_cmd], e, sizeof(e));
+            for (int k = 0; k < EXPIRE_ARGS; k++)
+                lens[n_cmd][k] = strlen(e[k]);
+            av[n_cmd] = argv[n_cmd];
+            lv[n_cmd] = lens[n_cmd];
+            argcs[n_cmd++] = EXPIRE_ARGS;
+        }
+    }
+    rc = redis_conn_pipeline(q->conn, n_cmd, argcs, av, lv, replies);
+    if (rc < 0) {
+        rc = map_conn_error(q, rc, "stream append");
+        goto out;
+    }
+    for (int i = 0; i < n_cmd; i++)
+        if (replies[i]->type == REDIS_REPLY_ERROR) {
+            snprintf(q->errstr, sizeof(q->errstr), "stream append: %s", replies[i]->str);
+            rc = QUEUE_EREPLY;
+        }
+out:
+    for (int i = 0; replies && i < n_cmd; i++)
+        if (replies[i])
+            freeReplyObject(replies[i]);
+    free(replies);
+    free(argcs);
+    free(lv);
+    free(av);
+    free(lens);
+    free(argv);
+    free(samples);
+    free(keys);
+    return rc;
+}
+
+void queue_stream_entries_free(struct queue_stream_entry *e, int n)
+{
+    for (int i = 0; e && i < n; i++)
+        free(e[i].text);
+    free(e);
+}
+
+int queue_stream_read(struct queue *q, const char *id, const char *after, int max,
+                      struct queue_stream_entry **out, int *n)
+{
+    char sk[QUEUE_KEY_MAX], start[64], count[16];
+    *out = NULL;
+    *n = 0;
+    if (!id_ok(id) || max < 1 || strlen(after) > 40)
+        return QUEUE_EARG;
+    key(q, sk, "stream", id);
+    snprintf(start, sizeof(start), "(%s", after); /* exclusive: what comes after it */
+    if (strcmp(after, "0") == 0)
+        snprintf(start, sizeof(start), "-");
+    snprintf(count, sizeof(count), "%d", max);
+    const char *argv[] = {"XRANGE", sk, start, "+", "COUNT", count};
+    redisReply *r;
+    int rc = redis_conn_call(q->conn, &r, 6, argv, NULL);
+    if (rc < 0) {
+        /* a bad Last-Event-ID is the caller's mistake, not Redis trouble */
+        if (rc == REDIS_CONN_EREPLY && strstr(redis_conn_errstr(q->conn), "Invalid stream ID"))
+            return QUEUE_EARG;
+        return map_conn_error(q, rc, "stream read");
+    }
+    if (r->type != REDIS_REPLY_ARRAY)
+        return proto_error(q, r, "stream read");
+    struct queue_stream_entry *e = calloc(r->elements + 1, sizeof(*e));
+    if (!e) {
+        freeReplyObject(r);
+        return QUEUE_ENOMEM;
+    }
+    int got = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *ent = r->element[i];
+        if (ent->type != REDIS_REPLY_ARRAY || ent->elements != 2 ||
+            copy_str(e[got].event_id, sizeof(e[got].event_id), ent->element[0]) < 0)
+            continue;
+        const redisReply *f = ent->element[1];
+        e[got].sample = 0;
+        for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
+            const redisReply *name = f->element[k], *val = f->element[k + 1];
+            if (name->type != REDIS_REPLY_STRING || val->type != REDIS_REPLY_STRING)
+                continue;
+            if (strcmp(name->str, "sample") == 0)
+                e[got].sample = atoi(val->str);
+            else if (strcmp(name->str, "text") == 0 && !e[got].text) {
+                e[got].text = malloc(val->len + 1);
+                if (e[got].text) {
+                    memcpy(e[got].text, val->str, val->len);
+                    e[got].text[val->len] = '\0';
+                    e[got].len = val->len;
+                }
+            }
+        }
+        if (!e[got].text) {
+            e[got].text = calloc(1, 1);
+            e[got].len = 0;
+        }
+        got++;
+    }
+    freeReplyObject(r);
+    *out = e;
+    *n = got;
+    return 0;
+}
+
+void queue_runners_free(struct queue_runner *r, int n)
+{
+    for (int i = 0; r && i < n; i++)
+        free(r[i].info);
+    free(r);
+}
+
+int queue_runners(struct queue *q, int max, struct queue_runner **out, int *n)
+{
+    char rk[QUEUE_KEY_MAX], ttl[16], lim[16];
+    *out = NULL;
+    *n = 0;
+    key(q, rk, "runners", NULL);
+    snprintf(ttl, sizeof(ttl), "%d", q->opts.worker_ttl_ms);
+    snprintf(lim, sizeof(lim), "%d", max > 0 ? max : 1);
+    const char *argv[] = {rk, ttl, lim};
+    redisReply *r;
+    int rc = run_script(q, QUEUE_LUA_RUNNERS, 1, 3, argv, NULL, &r);
+    if (rc < 0)
+        return rc;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements % 3 != 0)
+        return proto_error(q, r, "runners");
+    int count = (int)(r->elements / 3);
+    struct queue_runner *v = calloc((size_t)count + 1, sizeof(*v));
+    if (!v) {
+        freeReplyObject(r);
+        return QUEUE_ENOMEM;
+    }
+    for (int i = 0; i < count; i++) {
+        copy_str(v[i].wid, sizeof(v[i].wid), r->element[3 * i]);
+        v[i].beat_age_ms = (long)reply_ll(r->element[3 * i + 1]);
+        v[i].info = dup_reply(r->element[3 * i + 2]);
+    }
+    freeReplyObject(r);
+    *out = v;
+    *n = count;
     return 0;
 }
 

@@ -125,7 +125,8 @@ struct queue_job_info {
     double created, started, finished; /* Unix seconds (Redis clock); 0 when not yet */
     char worker[QUEUE_ID_MAX + 1];     /* last runner that claimed it, or "" */
     char *result;                      /* new: the result JSON when done, else NULL */
-    char *error; /* new: the error when failed/cancelled (or the last requeue reason), or NULL */
+    char *error;  /* new: the error when failed/cancelled (or the last requeue reason), or NULL */
+    char *timing; /* new: the worker's timing JSON when done (queue_finish_timed), or NULL */
 };
 
 /* Free the strings inside (not the struct itself). */
@@ -179,6 +180,34 @@ struct queue_stats {
 /* Read the counts behind /stats and /health in one atomic step. */
 int queue_stats(struct queue *q, struct queue_stats *out);
 
+/* A live runner as it last described itself. */
+struct queue_runner {
+    char wid[QUEUE_ID_MAX + 1];
+    long beat_age_ms; /* since its last heartbeat */
+    char *info;       /* new: the info JSON it sent with its heartbeat */
+};
+
+/* Read up to max live runners into *out (new array of *n; free each info, then
+ * the array, with queue_runners_free). */
+int queue_runners(struct queue *q, int max, struct queue_runner **out, int *n);
+void queue_runners_free(struct queue_runner *r, int n);
+
+/*
+ * Read a job's stream: up to max entries after event id `after` ("0" from
+ * the start; an id from an earlier entry to resume). Each entry: its event
+ * id (the stream's entry id), sample and text. *out is a new array of *n
+ * (queue_stream_entries_free). A missing stream gives *n = 0.
+ */
+struct queue_stream_entry {
+    char event_id[48];
+    int sample;
+    char *text; /* new */
+    size_t len;
+};
+int queue_stream_read(struct queue *q, const char *id, const char *after, int max,
+                      struct queue_stream_entry **out, int *n);
+void queue_stream_entries_free(struct queue_stream_entry *e, int n);
+
 /* ---- worker side ----------------------------------------------------- */
 
 struct queue_claimed {
@@ -186,6 +215,7 @@ struct queue_claimed {
     long attempt;  /* 1 for the first run; pass it back to queue_finish */
     char *payload; /* new: the request JSON as submitted */
     size_t payload_len;
+    double created; /* when it was submitted, Unix seconds (Redis clock) */
 };
 
 /* Free the payloads of n claimed jobs (not the array). */
@@ -236,6 +266,28 @@ enum queue_outcome {
  */
 int queue_finish(struct queue *q, const char *wid, const char *id, long attempt,
                  enum queue_outcome outcome, const char *value, size_t value_len, int *recorded);
+
+/* queue_finish, and for a done job also `timing` (a small JSON object, e.g.
+ * when the first token came; NULL for none) kept in the job hash. */
+int queue_finish_timed(struct queue *q, const char *wid, const char *id, long attempt,
+                       enum queue_outcome outcome, const char *value, size_t value_len,
+                       const char *timing, int *recorded);
+
+/*
+ * Streaming: append text deltas to jobs' streams ({prefix}:stream:<id>, a
+ * Redis Stream capped at about 10,000 entries, each entry the fields
+ * `sample` and `text`), all in one round trip. `expire` asks to (re)set the
+ * stream's TTL to the result TTL (the first append of a job, and its last).
+ * Entries (borrowed) are written in order. Returns 0 or an error.
+ */
+struct queue_delta {
+    const char *id;
+    int sample;
+    const char *text;
+    size_t len;
+    int expire;
+};
+int queue_stream_append(struct queue *q, const struct queue_delta *d, int n);
 
 /* Graceful exit: hand back every job runner `wid` still holds (uncharged) and
  * remove it. *released (may be NULL) is how many went back. */

@@ -103,7 +103,7 @@ static const char lua_enqueue[] = PRELUDE
  * longer queued (cancelled, expired) are dropped. Re-arms the doorbell when
  * work remains so the next idle worker wakes.
  * Returns {-1} when wid is not a registered runner (never registered, or
- * reaped), else {0, id, attempt, payload, ...}. */
+ * reaped), else {0, id, attempt, payload, created_ms, ...}. */
 static const char lua_claim[] = PRELUDE
     "local wid, n = ARGV[2], tonumber(ARGV[3])\n"
     "if not redis.call('ZSCORE', P .. ':runners', wid) then return {-1} end\n"
@@ -113,7 +113,7 @@ static const char lua_claim[] = PRELUDE
     "  local id = redis.call('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT')\n"
     "  if not id then break end\n"
     "  local jk = P .. ':job:' .. id\n"
-    "  local f = redis.call('HMGET', jk, 'state', 'max_runtime_ms', 'payload')\n"
+    "  local f = redis.call('HMGET', jk, 'state', 'max_runtime_ms', 'payload', 'created_ms')\n"
     "  if f[1] == 'queued' then\n"
     "    local a = redis.call('HINCRBY', jk, 'attempts', 1)\n"
     "    local mr = tonumber(f[2] or '0') or 0\n"
@@ -124,6 +124,7 @@ static const char lua_claim[] = PRELUDE
     "    out[#out + 1] = id\n"
     "    out[#out + 1] = a\n"
     "    out[#out + 1] = f[3] or ''\n"
+    "    out[#out + 1] = f[4] or '0'\n"
     "    c = c + 1\n"
     "  else\n"
     "    redis.call('LREM', KEYS[1], 1, id)\n"
@@ -156,7 +157,7 @@ static const char lua_heartbeat[] = PRELUDE
 
 /* KEYS: 1 job:<id>  2 processing:<wid>
  * ARGV: 2 id  3 wid  4 attempt  5 outcome  6 result or error  7 result ttl s
- *       8 dead ttl s
+ *       8 dead ttl s  9 timing JSON ('' none; kept on done)
  * Fenced: acts only while the job is running, owned by wid, at this attempt;
  * a zombie's late call returns 0 and changes nothing. Outcomes:
  *   done     record the result (terminal)          -> 1
@@ -169,7 +170,11 @@ static const char lua_finish[] = PRELUDE
     "local f = redis.call('HMGET', KEYS[1], 'state', 'worker', 'attempts', 'max_attempts')\n"
     "if f[1] ~= 'running' or f[2] ~= ARGV[3] or f[3] ~= ARGV[4] then return 0 end\n"
     "local now = now_ms()\n"
-    "if outcome == 'done' then finish(id, 'done', 'result', ARGV[6], ARGV[7], now) return 1 end\n"
+    "if outcome == 'done' then\n"
+    "  if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'timing', ARGV[9]) end\n"
+    "  finish(id, 'done', 'result', ARGV[6], ARGV[7], now)\n"
+    "  return 1\n"
+    "end\n"
     "if outcome == 'failed' then finish(id, 'failed', 'error', ARGV[6], ARGV[7], now) return 1 end\n"
     "if outcome == 'release' then\n"
     "  redis.call('HINCRBY', KEYS[1], 'attempts', -1)\n"
@@ -265,15 +270,29 @@ static const char lua_stats[] = PRELUDE
     "for _, v in ipairs(redis.call('HGETALL', P .. ':stats')) do out[#out + 1] = v end\n"
     "return out\n";
 
+/* KEYS: 1 runners ; ARGV: 2 worker ttl ms  3 most runners
+ * Returns {wid, ms since its last beat, info JSON, ...} for the live runners. */
+static const char lua_runners[] = PRELUDE
+    "local now = now_ms()\n"
+    "local out = {}\n"
+    "local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf',\n"
+    "                        'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))\n"
+    "for i = 1, #live, 2 do\n"
+    "  out[#out + 1] = live[i]\n"
+    "  out[#out + 1] = now - tonumber(live[i + 1])\n"
+    "  out[#out + 1] = redis.call('HGET', P .. ':runner:' .. live[i], 'info') or '{}'\n"
+    "end\n"
+    "return out\n";
+
 /* KEYS: 1 job:<id>  2 queue ; ARGV: 2 id  3 watcher api id ('' none)  4 watch ttl s
  * Reads a job; when it is not finished and a watcher is given, registers the
  * watcher in the same atomic step (so either the watcher is registered before
  * the job finishes and is notified, or it sees the finished state here).
  * Returns {} when missing, else {state, attempts, result, error, created_ms,
- * started_ms, finished_ms, worker, dead, position (-1 unless queued)}. */
+ * started_ms, finished_ms, worker, dead, timing, position (-1 unless queued)}. */
 static const char lua_info[] = PRELUDE
     "local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'result', 'error',\n"
-    "  'created_ms', 'started_ms', 'finished_ms', 'worker', 'dead')\n"
+    "  'created_ms', 'started_ms', 'finished_ms', 'worker', 'dead', 'timing')\n"
     "if not f[1] then return {} end\n"
     "local live = f[1] == 'queued' or f[1] == 'running'\n"
     "if live and ARGV[3] ~= '' then\n"
@@ -286,8 +305,8 @@ static const char lua_info[] = PRELUDE
     "  if idx then pos = redis.call('LLEN', KEYS[2]) - 1 - idx end\n"
     "end\n"
     "local out = {}\n"
-    "for i = 1, 9 do out[i] = f[i] or '' end\n"
-    "out[10] = pos\n"
+    "for i = 1, 10 do out[i] = f[i] or '' end\n"
+    "out[11] = pos\n"
     "return out\n";
 
 /* KEYS: 1 runners  2 processing:<wid> ; ARGV: 2 wid
@@ -325,6 +344,7 @@ static const struct {
     [QUEUE_LUA_STATS] = {"stats", lua_stats},
     [QUEUE_LUA_INFO] = {"info", lua_info},
     [QUEUE_LUA_DEREGISTER] = {"deregister", lua_deregister},
+    [QUEUE_LUA_RUNNERS] = {"runners", lua_runners},
 };
 
 const char *queue_lua_source(enum queue_script s)

@@ -18,6 +18,7 @@ enum queue_script {
     QUEUE_LUA_STATS,
     QUEUE_LUA_INFO,
     QUEUE_LUA_DEREGISTER,
+    QUEUE_LUA_RUNNERS,
     QUEUE_LUA_COUNT
 };
 

@@ -461,6 +461,23 @@ static void test_negative_seed_rejected(void **state)
                  "seed must be an integer >= 0, got -1");
 }
 
+static void test_stream_must_be_a_boolean(void **state)
+{
+    (void)state;
+    expect_error("{\"text\": \"a\", \"max_tokens\": 5, \"stream\": 1}", "stream",
+                 "stream must be true or false");
+    struct job_request *r = expect_ok("{\"text\": \"a\", \"max_tokens\": 5, \"stream\": true}");
+    assert_true(r->stream);
+    char *payload = NULL;
+    assert_int_equal(job_request_to_json(r, &payload), 0);
+    assert_non_null(strstr(payload, "\"stream\":true"));
+    free(payload);
+    job_request_destroy(r);
+    r = expect_ok("{\"text\": \"a\", \"max_tokens\": 5}");
+    assert_false(r->stream);
+    job_request_destroy(r);
+}
+
 static void test_largest_seed_accepted(void **state)
 {
     (void)state;
@@ -704,6 +721,7 @@ int main(void)
         cmocka_unit_test(test_presence_penalty_out_of_range_rejected),
         cmocka_unit_test(test_frequency_penalty_out_of_range_rejected),
         cmocka_unit_test(test_negative_seed_rejected),
+        cmocka_unit_test(test_stream_must_be_a_boolean),
         cmocka_unit_test(test_largest_seed_accepted),
         cmocka_unit_test(test_wrong_type_for_each_field),
         cmocka_unit_test(test_unknown_fields_counted),

@@ -759,6 +759,69 @@ static void test_get_many_reads_several_jobs_in_one_go(void **state)
     queue_destroy(q);
 }
 
+static void test_stream_deltas_are_read_back_in_order_and_resumable(void **state)
+{
+    (void)state;
+    struct queue *q = open_queue("t:q");
+    char id[QUEUE_ID_MAX + 1];
+    ids_job_id(id);
+    struct queue_delta d[3] = {
+        {id, 0, "Once", 4, 1}, {id, 1, " upon", 5, 0}, {id, 0, "\xc3\xa9", 2, 0}};
+    assert_int_equal(queue_stream_append(q, d, 3), 0);
+    assert_true(redis_int("TTL {t}:stream:%s", id) > 0);
+    struct queue_stream_entry *e;
+    int n;
+    assert_int_equal(queue_stream_read(q, id, "0", 10, &e, &n), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(e[0].text, "Once");
+    assert_int_equal(e[1].sample, 1);
+    assert_string_equal(e[2].text, "\xc3\xa9");
+    char resume[48];
+    snprintf(resume, sizeof(resume), "%s", e[0].event_id);
+    queue_stream_entries_free(e, n);
+    /* resuming after the first event gives the other two */
+    assert_int_equal(queue_stream_read(q, id, resume, 10, &e, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(e[0].text, " upon");
+    queue_stream_entries_free(e, n);
+    assert_int_equal(queue_stream_read(q, "nostream", "0", 10, &e, &n), 0);
+    assert_int_equal(n, 0);
+    queue_stream_entries_free(e, n);
+    assert_int_equal(queue_stream_read(q, id, "not-an-id", 10, &e, &n), QUEUE_EARG);
+    queue_destroy(q);
+}
+
+static void test_finish_keeps_timing_and_claim_gives_created(void **state)
+{
+    (void)state;
+    struct queue *q = open_queue("t:q");
+    char id[QUEUE_ID_MAX + 1];
+    enqueue(q, 1, "", id);
+    assert_int_equal(queue_register(q, "w1", "{\"model\":\"m\"}"), 0);
+    struct queue_claimed job;
+    int n = 0, recorded = 0;
+    assert_int_equal(queue_claim(q, "w1", 1, 0, &job, &n), 0);
+    assert_int_equal(n, 1);
+    assert_true(job.created > 1.7e9);
+    queue_claimed_fini(&job, 1);
+    assert_int_equal(queue_finish_timed(q, "w1", id, 1, QUEUE_OUTCOME_DONE, "R", 1,
+                                        "{\"first_token_ms\":5}", &recorded),
+                     0);
+    assert_int_equal(recorded, 1);
+    struct queue_job_info info;
+    assert_int_equal(queue_job_get(q, id, NULL, 0, &info), 0);
+    assert_string_equal(info.timing, "{\"first_token_ms\":5}");
+    queue_job_info_fini(&info);
+    struct queue_runner *r;
+    assert_int_equal(queue_runners(q, 10, &r, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(r[0].wid, "w1");
+    assert_string_equal(r[0].info, "{\"model\":\"m\"}");
+    assert_true(r[0].beat_age_ms >= 0 && r[0].beat_age_ms < 5000);
+    queue_runners_free(r, n);
+    queue_destroy(q);
+}
+
 static void test_watcher_on_another_instance_is_notified(void **state)
 {
     (void)state;
@@ -1068,6 +1131,8 @@ int main(void)
         cmocka_unit_test_setup(test_full_backlog_refuses_without_writing, flush),
         cmocka_unit_test_setup(test_position_in_queue, flush),
         cmocka_unit_test_setup(test_get_many_reads_several_jobs_in_one_go, flush),
+        cmocka_unit_test_setup(test_stream_deltas_are_read_back_in_order_and_resumable, flush),
+        cmocka_unit_test_setup(test_finish_keeps_timing_and_claim_gives_created, flush),
         cmocka_unit_test_setup(test_watcher_on_another_instance_is_notified, flush),
         cmocka_unit_test_setup(test_runner_count_drops_after_ttl, flush),
         cmocka_unit_test_setup(test_every_key_carries_the_hash_tag, flush),
