@@ -35,7 +35,7 @@ int main(int argc, char **argv)
     const char *log_level = NULL;
     long long port, threads, max_body, max_conn, conn_timeout, body_timeout, req_timeout, max_wait,
         retry_after, grace, refresh, max_backlog, worker_ttl, result_ttl, idem_ttl, max_attempts,
-        redis_timeout;
+        redis_timeout, stream_ping, stream_buffer;
     int access_log;
     const struct config_option options[] = {
         {"host", "MILLRACE_HOST", CONFIG_STRING, &cfg.host, "0.0.0.0", 0, 0, "ADDR",
@@ -85,6 +85,13 @@ int main(int argc, char **argv)
          31536000, "S", "An Idempotency-Key maps to its job this long."},
         {"stats-refresh-ms", "MILLRACE_STATS_REFRESH_MS", CONFIG_INT, &refresh, "250", 10, 60000,
          "MS", "/health, /stats and /metrics read Redis this often."},
+        {"stream-ping-s", "MILLRACE_STREAM_PING_S", CONFIG_INT, &stream_ping, "15", 1, 3600, "S",
+         "An event stream (\"stream\": true, GET /jobs/{id}/stream) silent this long gets a "
+         "': ping' comment, so proxies keep it open."},
+        {"stream-buffer-bytes", "MILLRACE_STREAM_BUFFER_BYTES", CONFIG_INT, &stream_buffer, "65536",
+         1024, 1073741824, "N",
+         "Unsent bytes an event stream may hold before its job's stream is no longer read for it "
+         "(a slow client)."},
         {"shutdown-grace-s", "MILLRACE_SHUTDOWN_GRACE_S", CONFIG_INT, &grace, "30", 0, 3600, "S",
          "On SIGTERM, how long waiting requests may still finish."},
         {"access-log", "MILLRACE_ACCESS_LOG", CONFIG_BOOL, &access_log, "true", 0, 0, NULL,
@@ -94,8 +101,9 @@ int main(int argc, char **argv)
     };
     const struct config_spec spec = {
         "millrace-api [options]",
-        "The millrace HTTP API: POST /generate (Flywheel-compatible), async /jobs, /health,\n"
-        "/stats and /metrics, over a Redis job queue served by millrace-worker processes.",
+        "The millrace HTTP API: POST /generate (Flywheel-compatible, or Server-Sent Events with\n"
+        "\"stream\": true), async /jobs and GET /jobs/{id}/stream, /health, /stats and /metrics,\n"
+        "over a Redis job queue served by millrace-worker processes.",
         options, sizeof(options) / sizeof(options[0])};
 
     char err[512];
@@ -136,6 +144,8 @@ int main(int argc, char **argv)
     cfg.retry_after_s = (int)retry_after;
     cfg.access_log = access_log;
     cfg.stats_refresh_ms = (int)refresh;
+    cfg.sse_ping_ms = (int)stream_ping * 1000;
+    cfg.sse_buffer_bytes = (long)stream_buffer;
     cfg.redis.command_timeout_ms = (int)redis_timeout;
     cfg.redis.retry_ms = 500; /* fail a request fast rather than queue it in memory */
     cfg.queue.prefix = prefix;

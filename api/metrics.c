@@ -39,19 +39,64 @@ static const int tracked_codes[] = {200, 202, 204, 400, 401, 404, 405, 408,
 #define CODE_OTHER N_TRACKED
 #define N_CODES    (N_TRACKED + 1)
 
-/* Histogram upper bounds in microseconds, and the same bounds as written in
- * the le label. The last slot is +Inf. */
-static const unsigned long long bucket_us[] = {
+/* A histogram's upper bounds in microseconds, and the same bounds as written
+ * in the le label; +Inf is implied after the last. */
+struct bucket_set {
+    int n; /* finite bounds */
+    const unsigned long long *us;
+    const char *const *le;
+};
+
+#define N_BUCKETS_MAX 24 /* finite bounds of the longest set, plus +Inf */
+
+/* Request durations and queue waits: 5 ms to 2 min. */
+static const unsigned long long wait_us[] = {
     5000,    10000,   25000,   50000,    100000,   250000,   500000,
     1000000, 2500000, 5000000, 10000000, 30000000, 60000000, 120000000,
 };
-#define N_FINITE  ((int)(sizeof bucket_us / sizeof bucket_us[0]))
-#define N_BUCKETS (N_FINITE + 1)
-static const char *const bucket_le[N_BUCKETS] = {
-    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",  "1",
-    "2.5",   "5",    "10",    "30",   "60",  "120",  "+Inf",
+static const char *const wait_le[] = {
+    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",
+    "1",     "2.5",  "5",     "10",   "30",  "60",   "120",
 };
-_Static_assert(sizeof bucket_le / sizeof bucket_le[0] == N_BUCKETS, "one le per bucket");
+_Static_assert(sizeof wait_le / sizeof wait_le[0] == sizeof wait_us / sizeof wait_us[0],
+               "one le per bound");
+static const struct bucket_set wait_buckets = {(int)(sizeof wait_us / sizeof wait_us[0]), wait_us,
+                                               wait_le};
+
+/* Time to first token: 10 ms to 60 s (the range of vLLM's buckets that a
+ * served model lands in: tens of ms unloaded, seconds behind a long queue). */
+static const unsigned long long ttft_us[] = {
+    10000,  25000,   50000,   75000,   100000,  150000,   200000,   300000,   400000,   500000,
+    750000, 1000000, 2500000, 5000000, 7500000, 10000000, 20000000, 40000000, 60000000,
+};
+static const char *const ttft_le[] = {
+    "0.01", "0.025", "0.05", "0.075", "0.1", "0.15", "0.2", "0.3", "0.4", "0.5",
+    "0.75", "1",     "2.5",  "5",     "7.5", "10",   "20",  "40",  "60",
+};
+_Static_assert(sizeof ttft_le / sizeof ttft_le[0] == sizeof ttft_us / sizeof ttft_us[0],
+               "one le per bound");
+static const struct bucket_set ttft_buckets = {(int)(sizeof ttft_us / sizeof ttft_us[0]), ttft_us,
+                                               ttft_le};
+
+/* Inter-token latency: 1 ms (a small model, batch 1) to 2.5 s (a big batch
+ * on a CPU). */
+static const unsigned long long itl_us[] = {
+    1000,  2500,   5000,   7500,   10000,  15000,  20000,  25000,  30000,   40000,   50000,
+    75000, 100000, 150000, 200000, 300000, 400000, 500000, 750000, 1000000, 2500000,
+};
+static const char *const itl_le[] = {
+    "0.001", "0.0025", "0.005", "0.0075", "0.01", "0.015", "0.02", "0.025", "0.03", "0.04", "0.05",
+    "0.075", "0.1",    "0.15",  "0.2",    "0.3",  "0.4",   "0.5",  "0.75",  "1",    "2.5",
+};
+_Static_assert(sizeof itl_le / sizeof itl_le[0] == sizeof itl_us / sizeof itl_us[0],
+               "one le per bound");
+static const struct bucket_set itl_buckets = {(int)(sizeof itl_us / sizeof itl_us[0]), itl_us,
+                                              itl_le};
+
+_Static_assert(sizeof wait_us / sizeof wait_us[0] < N_BUCKETS_MAX &&
+                   sizeof ttft_us / sizeof ttft_us[0] < N_BUCKETS_MAX &&
+                   sizeof itl_us / sizeof itl_us[0] < N_BUCKETS_MAX,
+               "N_BUCKETS_MAX holds every set and its +Inf");
 
 /* Durations are clamped to this (about 31 years) so that sums cannot wrap. */
 #define MAX_SECONDS 1e9
@@ -59,20 +104,24 @@ _Static_assert(sizeof bucket_le / sizeof bucket_le[0] == N_BUCKETS, "one le per 
 /* ---- the counters ---------------------------------------------------- */
 
 struct histogram {
-    atomic_ullong bucket[N_BUCKETS]; /* observations in (previous bound, bound]; not cumulative */
-    atomic_ullong sum_us;            /* sum of observations, microseconds */
+    const struct bucket_set *set;
+    atomic_ullong bucket[N_BUCKETS_MAX]; /* observations in (previous bound, bound], then
+                                            +Inf at set->n; not cumulative */
+    atomic_ullong sum_us;                /* sum of observations, microseconds */
 };
 
 struct metrics {
     atomic_ullong requests[METRICS_ROUTE_COUNT][N_CODES];
     struct histogram duration[METRICS_ROUTE_COUNT];
     struct histogram queue_wait;
+    struct histogram ttft, itl;
     atomic_long parked;
 };
 
-static void histogram_init(struct histogram *h)
+static void histogram_init(struct histogram *h, const struct bucket_set *set)
 {
-    for (int i = 0; i < N_BUCKETS; i++)
+    h->set = set;
+    for (int i = 0; i < N_BUCKETS_MAX; i++)
         atomic_init(&h->bucket[i], 0);
     atomic_init(&h->sum_us, 0);
 }
@@ -92,7 +141,7 @@ static void histogram_observe(struct histogram *h, double seconds)
     unsigned long long us = to_us(seconds);
     int i = 0;
 
-    while (i < N_FINITE && us > bucket_us[i])
+    while (i < h->set->n && us > h->set->us[i])
         i++;
     atomic_fetch_add_explicit(&h->bucket[i], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&h->sum_us, us, memory_order_relaxed);
@@ -123,9 +172,11 @@ int metrics_create(struct metrics **out)
     for (int r = 0; r < METRICS_ROUTE_COUNT; r++) {
         for (int c = 0; c < N_CODES; c++)
             atomic_init(&m->requests[r][c], 0);
-        histogram_init(&m->duration[r]);
+        histogram_init(&m->duration[r], &wait_buckets);
     }
-    histogram_init(&m->queue_wait);
+    histogram_init(&m->queue_wait, &wait_buckets);
+    histogram_init(&m->ttft, &ttft_buckets);
+    histogram_init(&m->itl, &itl_buckets);
     atomic_init(&m->parked, 0);
     *out = m;
     return 0;
@@ -148,6 +199,16 @@ void metrics_observe_request(struct metrics *m, enum metrics_route route, int ht
 void metrics_observe_queue_wait(struct metrics *m, double seconds)
 {
     histogram_observe(&m->queue_wait, seconds);
+}
+
+void metrics_observe_ttft(struct metrics *m, double seconds)
+{
+    histogram_observe(&m->ttft, seconds);
+}
+
+void metrics_observe_itl(struct metrics *m, double seconds)
+{
+    histogram_observe(&m->itl, seconds);
 }
 
 void metrics_set_parked(struct metrics *m, long n)
@@ -250,10 +311,11 @@ static void put_us_as_seconds(struct buf *b, unsigned long long us)
 static void put_histogram(struct buf *b, const char *name, const char *labels, struct histogram *h,
                           int skip_empty)
 {
-    unsigned long long counts[N_BUCKETS], total = 0, sum_us;
+    unsigned long long counts[N_BUCKETS_MAX], total = 0, sum_us;
     size_t ll = strlen(labels);
+    int nb = h->set->n + 1; /* with +Inf */
 
-    for (int i = 0; i < N_BUCKETS; i++) {
+    for (int i = 0; i < nb; i++) {
         counts[i] = atomic_load_explicit(&h->bucket[i], memory_order_relaxed);
         total += counts[i];
     }
@@ -262,9 +324,10 @@ static void put_histogram(struct buf *b, const char *name, const char *labels, s
     sum_us = atomic_load_explicit(&h->sum_us, memory_order_relaxed);
 
     unsigned long long cum = 0;
-    for (int i = 0; i < N_BUCKETS; i++) {
+    for (int i = 0; i < nb; i++) {
         cum += counts[i];
-        buf_printf(b, "%s_bucket{%sle=\"%s\"} %llu\n", name, labels, bucket_le[i], cum);
+        buf_printf(b, "%s_bucket{%sle=\"%s\"} %llu\n", name, labels,
+                   i < h->set->n ? h->set->le[i] : "+Inf", cum);
     }
     // labels without the trailing comma for _sum and _count
     if (ll > 0) {
@@ -315,7 +378,38 @@ static void put_queue(struct buf *b, const struct queue_stats *st)
         buf_printf(b, "millrace_jobs_total{outcome=\"%s\"} %ld\n", jobs[i].outcome, jobs[i].v);
 }
 
+static void put_double_gauge(struct buf *b, const char *name, const char *help, double v)
+{
+    family(b, name, "gauge", help);
+    buf_printf(b, "%s ", name);
+    put_double(b, v);
+    buf_printf(b, "\n");
+}
+
+static void put_fleet(struct buf *b, const struct metrics_fleet *f)
+{
+    put_gauge(b, "millrace_num_active_sequences",
+              "Sequences being generated by the live runners, fleet-wide.", f->active_sequences);
+    put_gauge(b, "millrace_kv_cache_blocks_used",
+              "KV-cache blocks in use on the live runners, fleet-wide.", f->kv_blocks_used);
+    put_gauge(b, "millrace_kv_cache_blocks_total",
+              "KV-cache blocks the live runners have, fleet-wide.", f->kv_blocks_total);
+    put_double_gauge(b, "millrace_kv_cache_usage_ratio",
+                     "Fraction of the fleet's KV-cache blocks in use (0 to 1).",
+                     f->kv_blocks_total > 0 ? (double)f->kv_blocks_used / (double)f->kv_blocks_total
+                                            : 0.0);
+    put_double_gauge(b, "millrace_generation_tokens_per_second",
+                     "Tokens generated per second by the live runners, as they report it.",
+                     f->tokens_per_s);
+}
+
 int metrics_render(struct metrics *m, const struct queue_stats *st, char **out, size_t *len)
+{
+    return metrics_render_fleet(m, st, NULL, out, len);
+}
+
+int metrics_render_fleet(struct metrics *m, const struct queue_stats *st,
+                         const struct metrics_fleet *fleet, char **out, size_t *len)
 {
     struct buf b = {.p = malloc(8192), .len = 0, .cap = 8192, .err = 0};
     char labels[64];
@@ -352,6 +446,16 @@ int metrics_render(struct metrics *m, const struct queue_stats *st, char **out, 
            "Time jobs waited from creation until a worker claimed them.");
     put_histogram(&b, "millrace_request_queue_time_seconds", "", &m->queue_wait, 0);
 
+    family(&b, "millrace_time_to_first_token_seconds", "histogram",
+           "Time from a job's creation to its first generated token, for the jobs this API "
+           "instance saw finish.");
+    put_histogram(&b, "millrace_time_to_first_token_seconds", "", &m->ttft, 0);
+
+    family(&b, "millrace_inter_token_latency_seconds", "histogram",
+           "Mean time between two generated tokens of a job, for the jobs this API instance "
+           "saw finish.");
+    put_histogram(&b, "millrace_inter_token_latency_seconds", "", &m->itl, 0);
+
     put_gauge(&b, "millrace_parked_connections",
               "Connections this API instance holds open waiting for a job to finish.",
               atomic_load_explicit(&m->parked, memory_order_relaxed));
@@ -359,6 +463,8 @@ int metrics_render(struct metrics *m, const struct queue_stats *st, char **out, 
               st != NULL);
     if (st)
         put_queue(&b, st);
+    if (st && fleet)
+        put_fleet(&b, fleet);
 
     if (b.err) {
         free(b.p);

@@ -2,9 +2,11 @@
  * metrics: the API's Prometheus metrics, served by GET /metrics.
  *
  * Requests are recorded from every thread of libmicrohttpd's pool; the queue
- * gauges are read from Redis (queue_stats) at scrape time and handed to
- * metrics_render(), so they are fleet-wide while the request counters and
- * histograms are this API instance's own.
+ * and fleet gauges come from the status snapshot (queue_stats, and what the
+ * runners report with their heartbeats) handed to metrics_render_fleet(), so
+ * they are fleet-wide while the request counters and histograms (latency,
+ * queue wait, time to first token, inter-token latency) are this API
+ * instance's own.
  *
  * Key decision: no lock anywhere. Every series is a fixed slot of C11 atomic
  * counters allocated once in metrics_create() (routes and status codes are
@@ -80,6 +82,14 @@ void metrics_observe_request(struct metrics *m, enum metrics_route route, int ht
 void metrics_observe_queue_wait(struct metrics *m, double seconds);
 
 /*
+ * Record a finished job's time to first token (its first token's time minus
+ * its creation time) and its mean inter-token latency. Negative or NaN
+ * counts as 0. Lock-free; thread-safe as above.
+ */
+void metrics_observe_ttft(struct metrics *m, double seconds);
+void metrics_observe_itl(struct metrics *m, double seconds);
+
+/*
  * Set the number of connections this API instance holds open waiting for a
  * job to finish. Lock-free; thread-safe as above (the last store wins).
  */
@@ -95,3 +105,20 @@ void metrics_set_parked(struct metrics *m, long n);
  * NULL. Thread-safe: any number of scrapes may run while requests are recorded.
  */
 int metrics_render(struct metrics *m, const struct queue_stats *st, char **out, size_t *len);
+
+/* What the live runners say about themselves, summed over them (read with the
+ * queue snapshot, see status.h). */
+struct metrics_fleet {
+    long active_sequences; /* sequences being generated */
+    long kv_blocks_used, kv_blocks_total;
+    double tokens_per_s;
+};
+
+/*
+ * metrics_render, plus the fleet gauges (millrace_num_active_sequences,
+ * millrace_kv_cache_blocks_used, millrace_kv_cache_blocks_total,
+ * millrace_kv_cache_usage_ratio, millrace_generation_tokens_per_second) when
+ * both st and fleet (borrowed) are given. Same contract otherwise.
+ */
+int metrics_render_fleet(struct metrics *m, const struct queue_stats *st,
+                         const struct metrics_fleet *fleet, char **out, size_t *len);

@@ -16,6 +16,7 @@
 #include <microhttpd.h>
 
 #include "api/server.h"
+#include "api/sse.h"
 #include "api/status.h"
 #include "common/clock.h"
 #include "common/ids.h"
@@ -45,6 +46,18 @@ static const char *job_id_of(const char *url)
     return url + 6;
 }
 
+/* The id in /jobs/{id}/stream into out, or NULL when url is not of that shape. */
+static const char *stream_id_of(const char *url, char out[QUEUE_ID_MAX + 1])
+{
+    const char *id = job_id_of(url);
+    const char *slash = id ? strchr(id, '/') : NULL;
+    if (!slash || strcmp(slash, "/stream") != 0 || (size_t)(slash - id) > QUEUE_ID_MAX)
+        return NULL;
+    memcpy(out, id, (size_t)(slash - id));
+    out[slash - id] = '\0';
+    return ids_job_id_valid(out) ? out : NULL;
+}
+
 int routes_classify(struct api_request *r, const char *url, const char *method)
 {
     int get = method_is(method, "GET") || method_is(method, "HEAD");
@@ -57,6 +70,11 @@ int routes_classify(struct api_request *r, const char *url, const char *method)
         r->route = METRICS_ROUTE_JOBS_SUBMIT;
         return method_is(method, "POST") ? ROUTES_NEED_BODY | ROUTES_NEED_AUTH
                                          : not_allowed(r, "POST");
+    }
+    char sid[QUEUE_ID_MAX + 1];
+    if (stream_id_of(url, sid)) {
+        r->route = METRICS_ROUTE_JOBS_STREAM;
+        return method_is(method, "GET") ? ROUTES_NEED_AUTH : not_allowed(r, "GET");
     }
     const char *id = job_id_of(url);
     if (id && ids_job_id_valid(id)) {
@@ -135,10 +153,12 @@ static json_t *job_json(const char *id, const struct queue_job_info *info)
         json_object_set_new(o, "response", resp ? resp : json_string(info->result));
     }
     if (info->state == QUEUE_FAILED || info->state == QUEUE_CANCELLED) {
-        const char *type = info->state == QUEUE_CANCELLED ? "cancelled" : "job_failed";
-        json_object_set_new(o, "error",
-                            json_pack("{s:s, s:s}", "type", type, "message",
-                                      info->error ? info->error : "no reason recorded"));
+        int status;
+        const char *type, *message;
+        server_job_failure(info, &status, &type, &message);
+        if (info->state == QUEUE_CANCELLED && info->error)
+            message = info->error;
+        json_object_set_new(o, "error", json_pack("{s:s, s:s}", "type", type, "message", message));
     }
     return o;
 }
@@ -152,10 +172,12 @@ static int reply_final(struct api_request *r, const struct queue_job_info *info)
             break;
         return server_reply(r, 200, info->result, strlen(info->result), NULL, 0);
     case QUEUE_FAILED:
-        return server_error(r, 500, "job_failed", info->error ? info->error : "the job failed",
-                            NULL, r->job_id, NULL, 0);
-    case QUEUE_CANCELLED:
-        return server_error(r, 409, "cancelled", "the job was cancelled", NULL, r->job_id, NULL, 0);
+    case QUEUE_CANCELLED: {
+        int status;
+        const char *type, *message;
+        server_job_failure(info, &status, &type, &message);
+        return server_error(r, status, type, message, NULL, r->job_id, NULL, 0);
+    }
     default:
         break;
     }
@@ -207,6 +229,78 @@ static void first_look(struct api_request *r, struct queue *q, int watch_s)
     }
 }
 
+/* ---- event streams ------------------------------------------------------ */
+
+/* Open an event stream of job `id` for r (see sse_client_open). */
+static int open_stream(struct api_request *r, const char *id, const struct sse_position *pos,
+                       int cancel_on_close, struct sse_client **out)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return sse_client_open(server_sse(r->srv), id, pos, cancel_on_close, r->conn,
+                           ci ? ci->connect_fd : -1, out);
+}
+
+/*
+ * Look at a stream's job once after opening it (register-then-check, as
+ * first_look): a job already over resolves the stream's waiter now. Returns
+ * 0, or -1 after abandoning sc and queueing an error answer into *ret (404
+ * for a job that does not exist, 503 when Redis is unreachable).
+ */
+static int stream_first_look(struct api_request *r, struct queue *q, struct sse_client *sc,
+                             const char *id, int *ret)
+{
+    const struct api_config *c = server_config(r->srv);
+    struct queue_job_info info;
+    int rc = queue_job_get(q, id, c->api_id, c->request_timeout_s + 5, &info);
+    if (rc == QUEUE_ENOJOB || rc < 0) {
+        sse_client_abandon(sc);
+        *ret = rc == QUEUE_ENOJOB
+                   ? server_error(r, 404, "not_found", "no such job (or its result has expired)",
+                                  NULL, id, NULL, 0)
+                   : redis_trouble(r, rc, q);
+        return -1;
+    }
+    if (info.state == QUEUE_DONE || info.state == QUEUE_FAILED || info.state == QUEUE_CANCELLED)
+        waiters_resolve(server_waiters(r->srv), sse_client_waiter(sc), WAITER_FINISHED, &info);
+    else
+        queue_job_info_fini(&info);
+    return 0;
+}
+
+/* Answer r with sc's event stream. */
+static int respond_stream(struct api_request *r, struct sse_client *sc)
+{
+    int rc = sse_client_respond(sc);
+    if (rc == MHD_YES)
+        r->status = 200;
+    return rc;
+}
+
+/* GET /jobs/{id}/stream: the job's events from the start, or after the
+ * Last-Event-ID the client got. Does not cancel the job when the client
+ * leaves. */
+static int handle_stream(struct api_request *r, const char *id)
+{
+    const char *lei = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Last-Event-ID");
+    struct sse_position pos;
+    snprintf(r->job_id, sizeof(r->job_id), "%s", id);
+    if (sse_position_parse(lei, &pos) < 0)
+        return server_error(r, 400, "invalid_request",
+                            "Last-Event-ID must be the id of an event of this stream: a stream "
+                            "entry id such as 1700000000000-0, \"job\" or \"done\"",
+                            "Last-Event-ID", id, NULL, 0);
+    struct sse_client *sc;
+    if (open_stream(r, id, &pos, 0, &sc) < 0)
+        return server_error(r, 500, "internal_error", "out of memory", NULL, id, NULL, 0);
+    struct queue *q = server_queue_take(r->srv);
+    int ret;
+    if (stream_first_look(r, q, sc, id, &ret) == 0)
+        ret = respond_stream(r, sc);
+    server_queue_give(r->srv, q);
+    return ret;
+}
+
 /* ---- POST /generate and POST /jobs -------------------------------------- */
 
 static int idempotency_key(struct api_request *r, const char **out)
@@ -246,6 +340,7 @@ static int handle_submit(struct api_request *r, int sync)
         log_info("%s: ignored %zu unknown field(s): %s", r->path, unk.count, names);
     }
     char *payload = NULL;
+    int stream = sync && req->stream;
     rc = job_request_to_json(req, &payload);
     job_request_destroy(req);
     if (rc < 0)
@@ -263,8 +358,15 @@ static int handle_submit(struct api_request *r, int sync)
                             NULL, 0);
     }
     int64_t wait_ms = (int64_t)c->request_timeout_s * 1000;
-    /* without an idempotency key the id is ours: park first, nothing can be missed */
-    if (sync && !idem)
+    /* without an idempotency key the id is ours: park (or open the stream)
+     * first, nothing can be missed */
+    struct sse_client *sc = NULL;
+    static const struct sse_position from_start = {.job_event = 1, .deltas = 1};
+    if (stream && !idem && open_stream(r, id, &from_start, 1, &sc) < 0) {
+        free(payload);
+        return server_error(r, 500, "internal_error", "out of memory", NULL, NULL, NULL, 0);
+    }
+    if (sync && !stream && !idem)
         park(r, id, WAITER_RESULT, wait_ms);
     struct queue *q = server_queue_take(r->srv);
     enum queue_enqueue_outcome oc;
@@ -288,6 +390,8 @@ static int handle_submit(struct api_request *r, int sync)
                      c->queue.max_backlog, c->retry_after_s);
         if (rc < 0)
             log_warn("%s: %s", r->path, msg);
+        if (sc)
+            sse_client_abandon(sc);
         if (r->parked) {
             fail_parked(r, status, rc < 0 ? "unavailable" : "queue_full", msg);
         } else {
@@ -295,6 +399,15 @@ static int handle_submit(struct api_request *r, int sync)
             ret = server_error(r, status, rc < 0 ? "unavailable" : "queue_full", msg, NULL, NULL,
                                &h, 1);
         }
+    } else if (stream) {
+        if (!sc) { /* enqueued first (idempotency key): open, then look */
+            if (open_stream(r, got, &from_start, 1, &sc) < 0)
+                ret = server_error(r, 500, "internal_error", "out of memory", NULL, got, NULL, 0);
+            else if (stream_first_look(r, q, sc, got, &ret) < 0)
+                sc = NULL;
+        }
+        if (sc)
+            ret = respond_stream(r, sc);
     } else if (sync) {
         if (!r->parked) { /* enqueued first (idempotency key): park, then look */
             park(r, got, WAITER_RESULT, wait_ms);
@@ -404,9 +517,12 @@ static int handle_health(struct api_request *r)
 static int handle_stats(struct api_request *r)
 {
     struct queue_stats st;
+    struct metrics_fleet fleet;
+    json_t *runners = NULL;
     char why[300];
     if (!status_get(server_status(r->srv), &st, why, sizeof(why)))
         return server_error(r, 503, "unavailable", why, NULL, NULL, NULL, 0);
+    status_get_fleet(server_status(r->srv), &fleet, &runners);
     json_t *o = json_pack(
         "{s:I, s:I, s:I, s:I, s:f, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}}", "backlog",
         (json_int_t)st.backlog, "num_total_runners", (json_int_t)st.runners, "running",
@@ -416,6 +532,16 @@ static int handle_stats(struct api_request *r)
         "cancelled", (json_int_t)st.cancelled, "requeued", (json_int_t)st.requeued, "retried",
         (json_int_t)st.retried, "released", (json_int_t)st.released, "dead",
         (json_int_t)st.dead_total);
+    if (o) {
+        json_object_set_new(o, "streams_here", json_integer(sse_count(server_sse(r->srv))));
+        json_object_set_new(o, "runners", runners ? runners : json_array());
+        runners = NULL;
+        json_object_set_new(o, "active_sequences", json_integer(fleet.active_sequences));
+        json_object_set_new(o, "kv_blocks_used", json_integer(fleet.kv_blocks_used));
+        json_object_set_new(o, "kv_blocks_total", json_integer(fleet.kv_blocks_total));
+        json_object_set_new(o, "tokens_per_s", json_real(fleet.tokens_per_s));
+    }
+    json_decref(runners);
     return reply_json(r, 200, o, NULL, 0);
 }
 
@@ -424,8 +550,10 @@ static int handle_metrics(struct api_request *r)
     struct queue_stats st;
     char why[300], *text = NULL;
     size_t len = 0;
+    struct metrics_fleet fleet;
     int ok = status_get(server_status(r->srv), &st, why, sizeof(why));
-    if (metrics_render(server_metrics(r->srv), ok ? &st : NULL, &text, &len) < 0)
+    status_get_fleet(server_status(r->srv), &fleet, NULL);
+    if (metrics_render_fleet(server_metrics(r->srv), ok ? &st : NULL, &fleet, &text, &len) < 0)
         return server_error(r, 500, "internal_error", "out of memory", NULL, NULL, NULL, 0);
     int rc = server_reply(r, 200, text, len, NULL, 0);
     free(text);
@@ -443,6 +571,12 @@ int routes_handle(struct api_request *r, const char *url)
         return handle_get(r, job_id_of(url));
     case METRICS_ROUTE_JOBS_DELETE:
         return handle_delete(r, job_id_of(url));
+    case METRICS_ROUTE_JOBS_STREAM: {
+        char id[QUEUE_ID_MAX + 1];
+        return stream_id_of(url, id)
+                   ? handle_stream(r, id)
+                   : server_error(r, 404, "not_found", "no such endpoint", NULL, NULL, NULL, 0);
+    }
     case METRICS_ROUTE_HEALTH:
         return handle_health(r);
     case METRICS_ROUTE_STATS:

@@ -2,9 +2,12 @@
  * routes: what each endpoint of millrace-api does.
  *
  *   POST   /generate        validate, enqueue, wait for the job, answer its response
+ *                           (with "stream": true: its events as they come, sse.c)
  *   POST   /jobs            validate, enqueue, answer 202 {id, status} at once
  *   GET    /jobs/{id}       the job's status (and its response when done);
  *                           ?wait=S long-polls until it finishes or S seconds pass
+ *   GET    /jobs/{id}/stream its events (Server-Sent Events), resumable with
+ *                           Last-Event-ID
  *   DELETE /jobs/{id}       cancel it, from any API instance
  *   GET    /health          200 when Redis answers and a runner is alive, else 503
  *   GET    /stats           backlog and runners (Flywheel's names), and more

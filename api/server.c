@@ -26,6 +26,7 @@
 
 #include "api/auth.h"
 #include "api/routes.h"
+#include "api/sse.h"
 #include "api/status.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -36,6 +37,7 @@ struct server {
     struct api_config cfg;
     struct MHD_Daemon *daemon;
     struct waiters *waiters;
+    struct sse *sse;
     struct status *status;
     struct metrics *metrics;
     atomic_int stopping;
@@ -68,6 +70,11 @@ struct waiters *server_waiters(struct server *s)
 struct status *server_status(struct server *s)
 {
     return s->status;
+}
+
+struct sse *server_sse(struct server *s)
+{
+    return s->sse;
 }
 
 struct metrics *server_metrics(struct server *s)
@@ -134,6 +141,26 @@ int server_reply(struct api_request *r, int status, const char *json, size_t len
     if (rc == MHD_YES)
         r->status = status;
     return rc;
+}
+
+void server_job_failure(const struct queue_job_info *info, int *status, const char **type,
+                        const char **message)
+{
+    static const char prefix[] = "invalid_request: ";
+    const char *e = info->error;
+    if (info->state == QUEUE_CANCELLED) {
+        *status = 409;
+        *type = "cancelled";
+        *message = "the job was cancelled";
+    } else if (e && strncmp(e, prefix, sizeof(prefix) - 1) == 0) {
+        *status = 400;
+        *type = "invalid_request";
+        *message = e + sizeof(prefix) - 1;
+    } else {
+        *status = 500;
+        *type = "job_failed";
+        *message = e ? e : "the job failed";
+    }
 }
 
 /* {"error": {"type", "message", "field"}, "id"?} as new text, or NULL. */
@@ -472,6 +499,15 @@ int server_start(struct server **out, const struct api_config *cfg, char *err, s
                               .metrics = s->metrics};
     if (waiters_start(&s->waiters, &wo, err, errlen) < 0)
         goto fail;
+    struct sse_opts so = {.redis = &cfg->redis,
+                          .queue = &cfg->queue,
+                          .api_id = cfg->api_id,
+                          .waiters = s->waiters,
+                          .block_ms = 100,
+                          .ping_ms = cfg->sse_ping_ms,
+                          .buffer_max = cfg->sse_buffer_bytes};
+    if (sse_start(&s->sse, &so, err, errlen) < 0)
+        goto fail;
 
     char port[16];
     snprintf(port, sizeof(port), "%d", cfg->port);
@@ -511,6 +547,7 @@ int server_start(struct server **out, const struct api_config *cfg, char *err, s
 fail:
     if (ai)
         freeaddrinfo(ai);
+    sse_stop(s->sse);
     waiters_stop(s->waiters);
     status_stop(s->status);
     metrics_destroy(s->metrics);
@@ -537,6 +574,7 @@ void server_shutdown(struct server *s, int grace_s)
     if (left > 0)
         log_warn("grace period over: answering %ld waiting request(s) with 503; their jobs go on",
                  left);
+    sse_release_all(s->sse);
     waiters_release_all(s->waiters);
     /* let answers in flight reach their clients */
     deadline = clock_now_ms() + 2000;
@@ -546,6 +584,7 @@ void server_shutdown(struct server *s, int grace_s)
     atomic_store(&s->stopping_threads, 1);
     if (s->body_thread_started)
         pthread_join(s->body_thread, NULL);
+    sse_stop(s->sse);
     waiters_stop(s->waiters);
     status_stop(s->status);
     metrics_destroy(s->metrics);

@@ -5,8 +5,9 @@
  * request into a `struct api_request`, checks what can be checked before the
  * body arrives (route, method, API key, Content-Type, Content-Length), reads
  * the body up to its limit, and hands the complete request to routes.c.
- * Requests that wait for a job are suspended (waiters.c), so thousands can
- * wait on a few threads. Every request ends with one access-log line and one
+ * Requests that wait for a job are suspended (waiters.c), and so are
+ * Server-Sent Event streams between events (sse.c), so thousands can wait on
+ * a few threads. Every request ends with one access-log line and one
  * metrics observation.
  */
 #pragma once
@@ -20,6 +21,7 @@
 #include "common/queue.h"
 
 struct auth;
+struct sse;
 struct status;
 struct MHD_Connection;
 
@@ -36,6 +38,8 @@ struct api_config {
     int retry_after_s;        /* Retry-After on 429 and 503 */
     int access_log;           /* one log line per request */
     int stats_refresh_ms;     /* how often /health and /stats re-read Redis */
+    int sse_ping_ms;          /* an event stream idle this long gets a ": ping" comment */
+    long sse_buffer_bytes;    /* unsent bytes per event stream before its reading pauses */
     struct job_limits limits;
     struct redis_opts redis;
     struct queue_opts queue;
@@ -86,6 +90,7 @@ void server_shutdown(struct server *s, int grace_s);
 const struct api_config *server_config(const struct server *s);
 struct waiters *server_waiters(struct server *s);
 struct status *server_status(struct server *s);
+struct sse *server_sse(struct server *s);
 struct metrics *server_metrics(struct server *s);
 int server_stopping(const struct server *s);
 
@@ -101,6 +106,16 @@ struct api_header {
  * Returns libmicrohttpd's MHD_YES/MHD_NO as an int. */
 int server_reply(struct api_request *r, int status, const char *json, size_t len,
                  const struct api_header *headers, size_t n);
+
+/*
+ * How a failed or cancelled job answers: a worker that says the request
+ * itself cannot be served (its error starts with "invalid_request: ", e.g.
+ * the prompt does not fit the model's context) gives 400 invalid_request
+ * with the rest as the message; a cancelled job 409 cancelled; any other
+ * failure 500 job_failed. *message is borrowed from info (or static).
+ */
+void server_job_failure(const struct queue_job_info *info, int *status, const char **type,
+                        const char **message);
 
 /* Queue {"error": {"type", "message", "field"}} (field null when NULL or ""),
  * plus "id" at the top level when job_id is not NULL. */

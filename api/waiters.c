@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
 #include <microhttpd.h>
 
 #include "api/metrics.h"
@@ -103,13 +104,36 @@ void waiters_park(struct waiters *ws, struct waiter *w)
         MHD_resume_connection(w->conn);
 }
 
+void waiters_watch(struct waiters *ws, struct waiter *w)
+{
+    w->kind = WAITER_WATCH;
+    w->outcome = WAITER_PENDING;
+    w->suspended = 0;
+    w->fd = -1;
+    w->deadline_ms = INT64_MAX;
+    w->parked_ms = w->checked_ms = clock_now_ms();
+    pthread_mutex_lock(&ws->lock);
+    if (ws->closed) { /* shutting down: tell it at once */
+        w->outcome = WAITER_SHUTDOWN;
+        w->notify(w->notify_arg, w);
+    } else {
+        link_locked(ws, w);
+    }
+    pthread_mutex_unlock(&ws->lock);
+}
+
 /* Unlink w and record its outcome; returns the connection to resume (or
- * NULL when w is not suspended yet: waiters_park resumes it). Locked. */
+ * NULL when w is not suspended yet: waiters_park resumes it; or when it is a
+ * watcher, which is notified here). Locked. */
 static struct MHD_Connection *resolve_locked(struct waiters *ws, struct waiter *w,
                                              enum waiter_outcome outcome)
 {
     unlink_locked(ws, w);
     w->outcome = outcome;
+    if (w->kind == WAITER_WATCH) {
+        w->notify(w->notify_arg, w);
+        return NULL;
+    }
     return w->suspended ? w->conn : NULL;
 }
 
@@ -174,6 +198,7 @@ static int resolve_id(struct waiters *ws, const char *id, enum waiter_outcome ou
                     w->info = *info;
                     w->info.result = dup_or_null(info->result);
                     w->info.error = dup_or_null(info->error);
+                    w->info.timing = dup_or_null(info->timing);
                 }
                 struct MHD_Connection *c = resolve_locked(ws, w, outcome);
                 if (c)
@@ -206,6 +231,24 @@ static int is_final(enum queue_state s)
     return s == QUEUE_DONE || s == QUEUE_FAILED || s == QUEUE_CANCELLED;
 }
 
+/* Observe a done job's time to first token and inter-token latency from the
+ * timing its worker recorded: {"first_token_ms", "last_token_ms", "tokens"}
+ * (Unix ms, tokens of its longest sample). */
+static void observe_timing(struct waiters *ws, const struct queue_job_info *info)
+{
+    json_t *t = json_loads(info->timing, 0, NULL);
+    json_t *first = json_object_get(t, "first_token_ms"),
+           *last = json_object_get(t, "last_token_ms");
+    json_t *tokens = json_object_get(t, "tokens");
+    if (json_is_number(first) && info->created > 0)
+        metrics_observe_ttft(ws->metrics, json_number_value(first) / 1e3 - info->created);
+    if (json_is_number(first) && json_is_number(last) && json_is_integer(tokens) &&
+        json_integer_value(tokens) > 1)
+        metrics_observe_itl(ws->metrics, (json_number_value(last) - json_number_value(first)) /
+                                             1e3 / (double)(json_integer_value(tokens) - 1));
+    json_decref(t);
+}
+
 /* Wake the waiters of job `id` if info (from a read that gave rc) shows it
  * finished or gone. info is consumed. */
 static void settle(struct waiters *ws, const char *id, int rc, struct queue_job_info *info)
@@ -222,6 +265,8 @@ static void settle(struct waiters *ws, const char *id, int rc, struct queue_job_
     }
     if (info->state == QUEUE_DONE && info->started > 0 && info->created > 0)
         metrics_observe_queue_wait(ws->metrics, info->started - info->created);
+    if (info->state == QUEUE_DONE && info->timing)
+        observe_timing(ws, info);
     resolve_id(ws, id, WAITER_FINISHED, info);
 }
 

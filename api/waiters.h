@@ -3,8 +3,9 @@
  *
  * A request that waits for a job (POST /generate, GET /jobs/{id}?wait=S) is
  * suspended in libmicrohttpd, so no thread is held per waiting client, and
- * registered here under its job id. Four things wake it, whichever comes
- * first, exactly once:
+ * registered here under its job id. A watcher (an SSE stream, sse.c) is
+ * registered the same way but not suspended: it is told through a callback.
+ * Four things wake a waiter, whichever comes first, exactly once:
  *   - the job finished: this instance's inbox list in Redis names the id
  *     (one blocking BLMPOP thread drains it for the whole instance);
  *   - its deadline passed;
@@ -34,6 +35,7 @@ struct metrics;
 enum waiter_kind {
     WAITER_RESULT, /* a synchronous /generate: timeout is 504, hang-up cancels the job */
     WAITER_POLL,   /* a long poll on /jobs/{id}: timeout answers with the current state */
+    WAITER_WATCH,  /* not a suspended request: notify() is called (SSE streams); no deadline */
 };
 
 enum waiter_outcome {
@@ -46,6 +48,15 @@ enum waiter_outcome {
     WAITER_LOST,     /* the job no longer exists in Redis (expired, or Redis lost it) */
 };
 
+struct waiter;
+
+/*
+ * How a WAITER_WATCH waiter learns its outcome: called once, by the resolving
+ * thread, with the table's lock held, after w->outcome (and w->info) are set.
+ * It must be quick and must call nothing of this module.
+ */
+typedef void (*waiter_notify_fn)(void *arg, struct waiter *w);
+
 struct waiter {
     char id[QUEUE_ID_MAX + 1];
     enum waiter_kind kind;
@@ -56,6 +67,8 @@ struct waiter {
     int64_t checked_ms;  /* last time the ticker re-read the job */
     enum waiter_outcome outcome;
     struct queue_job_info info; /* valid when outcome is WAITER_FINISHED (owned) */
+    waiter_notify_fn notify;    /* WAITER_WATCH only */
+    void *notify_arg;
     /* guarded by the table's lock */
     int linked;    /* in the table: nobody has resolved it yet */
     int suspended; /* its connection is suspended: the resolver must resume it */
@@ -70,7 +83,8 @@ struct waiters_opts {
     const char *api_id;      /* this instance's inbox name; copied */
     int tick_ms;             /* how often deadlines and sockets are checked (100) */
     int recheck_ms;          /* a waiter older than this has its job re-read (2000) */
-    struct metrics *metrics; /* borrowed; queue-wait observations and parked gauge */
+    struct metrics *metrics; /* borrowed; queue-wait, time-to-first-token and inter-token
+                                observations, parked gauge */
 };
 
 /* Make the table and start its two threads (inbox drain, ticker). Returns 0,
@@ -86,6 +100,15 @@ int waiters_start(struct waiters **out, const struct waiters_opts *o, char *err,
  * Thread-safe.
  */
 void waiters_park(struct waiters *ws, struct waiter *w);
+
+/*
+ * Register a WAITER_WATCH waiter (id, notify and notify_arg set by the
+ * caller) without suspending anything: notify is called when the job
+ * finishes, disappears, or the server shuts down (at once when it already
+ * is). Same ordering rule as waiters_park. Unlink it with waiters_forget
+ * before freeing it. Thread-safe.
+ */
+void waiters_watch(struct waiters *ws, struct waiter *w);
 
 /*
  * Resolve w with `outcome` (and, for WAITER_FINISHED, info, taken even when

@@ -725,7 +725,7 @@ int queue_stream_append(struct queue *q, const struct queue_delta *d, int n)
         }
         key(q, keys[i], "stream", d[i].id);
         snprintf(samples[i], sizeof(samples[i]), "%d", d[i].sample);
-        const char *a[XADD_ARGS] = {"XADD", keys[i],  "MAXLEN",   "~",    "10000",
+        const char *a[XADD_ARGS] = {"XADD", keys[i],  "MAXLEN",   "~",    "100000",
                                     "*",    "sample", samples[i], "text", d[i].text};
         memcpy(argv[n_cmd], a, sizeof(a));
         for (int k = 0; k < XADD_ARGS; k++)

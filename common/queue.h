@@ -275,7 +275,7 @@ int queue_finish_timed(struct queue *q, const char *wid, const char *id, long at
 
 /*
  * Streaming: append text deltas to jobs' streams ({prefix}:stream:<id>, a
- * Redis Stream capped at about 10,000 entries, each entry the fields
+ * Redis Stream capped at about 100,000 entries, each entry the fields
  * `sample` and `text`), all in one round trip. `expire` asks to (re)set the
  * stream's TTL to the result TTL (the first append of a job, and its last).
  * Entries (borrowed) are written in order. Returns 0 or an error.

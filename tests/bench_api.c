@@ -83,6 +83,8 @@ int main(void)
                            redis.url,
                            "--batch",
                            "64",
+                           "--delta-ms",
+                           "0",
                            "--log-level",
                            "warn",
                            NULL};

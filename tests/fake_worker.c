@@ -17,14 +17,24 @@
  * a Flywheel response whose sample i is "echo: <text>" (i = 0) or
  * "echo[i]: <text>", with prompt_tokens = the number of whitespace-separated
  * words, generated_tokens = min(max_tokens, words), finish_reason "length".
+ * As a real worker does, it streams each sample's text to the job's stream
+ * (queue_stream_append) before finishing: in FAKE_PIECES pieces (cut at
+ * UTF-8 character boundaries) spread evenly over the job's duration, which
+ * is --delay-ms or SLOW:<ms> but at least one --delta-ms per piece; the
+ * last piece goes out just before the job is finished. It records timing
+ * (queue_finish_timed: the times of its first and last piece, and the
+ * sample's generated_tokens) and beats with an info JSON (model "fake",
+ * device "cpu", active_sequences = jobs in hand, kv_blocks_* made up,
+ * tokens_per_s over the last beat).
  * Triggers in the prompt text steer it for tests:
- *   FAIL       the job fails: "fake worker: asked to fail"
+ *   FAIL       the job fails after all but its last piece: "fake worker: asked to fail"
+ *   INVALID    the job fails at once, no piece: "invalid_request: the prompt does not fit"
  *   SLOW:<ms>  the job takes <ms> (the rest of the batch goes on meanwhile)
- *   HANG       the job is never finished (heartbeats go on)
+ *   HANG       the job streams all but its last piece and is never finished
+ *              (heartbeats go on)
  *   CRASH      the process calls abort() when it takes the job on
- * Otherwise every job takes --delay-ms, all of a batch concurrently, as a
- * batched engine would; --shuffle finishes jobs that fall due together in a
- * random order.
+ * Every job of a batch runs concurrently, as a batched engine would;
+ * --shuffle finishes jobs that fall due together in a random order.
  *
  * Key decision: every job in hand carries its own due time, and the main loop
  * finishes whatever is due, claims while there is room, and otherwise waits
@@ -55,6 +65,9 @@
 #define FAKE_DRAIN_MS      2000 /* after SIGTERM: how long to finish what is due */
 #define FAKE_RETRY_MS      200  /* wait before retrying a finish that Redis refused */
 #define FAKE_HANG          INT64_MAX
+#define FAKE_PIECES        4    /* deltas per sample */
+#define FAKE_KV_PER_JOB    8    /* made-up KV-cache blocks per job in hand */
+#define FAKE_KV_TOTAL      4096 /* made-up KV-cache size */
 
 static volatile sig_atomic_t fake_stop;
 
@@ -72,6 +85,7 @@ struct fake_opts {
     long long heartbeat_ms;
     long long worker_ttl_ms;
     long long delay_ms;
+    long long delta_ms;
     int shuffle;
 };
 
@@ -79,19 +93,24 @@ struct fake_opts {
 struct fake_job {
     struct queue_claimed c;  /* id, attempt, payload (owned) */
     struct job_request *req; /* NULL when the payload did not parse */
-    char error[384];         /* when it is to fail: why */
+    char **texts;            /* each sample's whole text (new; req->num_samples of them) */
+    size_t *lens;
+    char error[384]; /* when it is to fail: why */
     int fail;
-    int64_t claimed_ms; /* monotonic */
-    int64_t due_ms;     /* monotonic; FAKE_HANG: never */
-    double created;     /* wall clock, for the response */
-    int gone;           /* finished or dropped: removed at the next compaction */
+    int64_t claimed_ms;        /* monotonic */
+    int64_t due_ms;            /* monotonic; FAKE_HANG: never */
+    int64_t span_ms;           /* the pieces are spread over this */
+    int pieces;                /* how many pieces to stream before finishing (0..FAKE_PIECES) */
+    int sent;                  /* pieces streamed so far */
+    int64_t first_ms, last_ms; /* wall clock of the first and last piece (timing) */
+    double created;            /* wall clock, for the response */
+    int gone;                  /* finished or dropped: removed at the next compaction */
 };
 
 struct fake {
     struct fake_opts o;
     struct queue *q;    /* the main loop's handle */
     struct queue *hb_q; /* the heartbeat thread's handle */
-    char info[256];     /* runner info JSON */
     uint64_t rng;
 
     struct fake_job *jobs; /* o.batch slots */
@@ -106,6 +125,8 @@ struct fake {
     struct queue_owned *aborts; /* from the last beat: ids to drop (new) */
     int n_aborts;
     int64_t aborts_beat_ms; /* when that beat started (monotonic) */
+    int in_hand;            /* jobs in hand, for the info JSON */
+    long long tokens;       /* tokens "generated" so far, for tokens_per_s */
 };
 
 static uint64_t rng_next(uint64_t *s)
@@ -135,19 +156,42 @@ static void make_wid(char wid[QUEUE_ID_MAX + 1])
 
 /* ---- heartbeat thread ---------------------------------------------------- */
 
+/* The runner info JSON into out, as a real worker describes itself
+ * (made-up KV-cache numbers). */
+static void make_info(const struct fake *f, char *out, size_t cap, int in_hand, double tokens_per_s)
+{
+    snprintf(out, cap,
+             "{\"model\":\"fake\",\"device\":\"cpu\",\"fake\":true,\"batch\":%lld,"
+             "\"max_batch\":%lld,\"pid\":%ld,\"active_sequences\":%d,\"kv_blocks_used\":%d,"
+             "\"kv_blocks_total\":%d,\"tokens_per_s\":%.1f}",
+             f->o.batch, f->o.batch, (long)getpid(), in_hand, in_hand * FAKE_KV_PER_JOB,
+             FAKE_KV_TOTAL, tokens_per_s);
+}
+
 static void *heartbeat_main(void *arg)
 {
     struct fake *f = arg;
     char wid[QUEUE_ID_MAX + 1];
+    long long last_tokens = 0;
+    int64_t last_ms = clock_now_ms();
     pthread_mutex_lock(&f->mu);
     while (!f->stopping) {
         snprintf(wid, sizeof(wid), "%s", f->wid);
+        int in_hand = f->in_hand;
+        long long tokens = f->tokens;
         pthread_mutex_unlock(&f->mu);
 
         int64_t start = clock_now_ms();
+        double rate = start > last_ms
+                          ? (double)(tokens - last_tokens) * 1e3 / (double)(start - last_ms)
+                          : 0.0;
+        last_tokens = tokens;
+        last_ms = start;
+        char info[512];
+        make_info(f, info, sizeof(info), in_hand, rate);
         struct queue_owned *owned = NULL;
         int n = 0;
-        int rc = queue_heartbeat(f->hb_q, wid, f->info, &owned, &n);
+        int rc = queue_heartbeat(f->hb_q, wid, info, &owned, &n);
         struct queue_owned *aborts = NULL;
         int n_aborts = 0;
         if (rc == 0 && n > 0) {
@@ -188,6 +232,15 @@ static void *heartbeat_main(void *arg)
 
 /* ---- jobs ------------------------------------------------------------------ */
 
+static size_t count_words(const char *s);
+
+/* Tokens each sample "generates": min(max_tokens, words in the prompt). */
+static int gen_tokens(const struct fake_job *j)
+{
+    size_t words = count_words(j->req->text);
+    return words < (size_t)j->req->max_tokens ? (int)words : j->req->max_tokens;
+}
+
 static size_t count_words(const char *s)
 {
     size_t n = 0;
@@ -199,6 +252,59 @@ static size_t count_words(const char *s)
         in_word = !space;
     }
     return n;
+}
+
+/* Build each sample's text: "echo: <prompt>" (sample 0) or "echo[i]: <prompt>".
+ * Returns 0 or -1 (out of memory). */
+static int make_texts(struct fake_job *j)
+{
+    const struct job_request *r = j->req;
+    size_t n = (size_t)r->num_samples;
+    j->texts = calloc(n, sizeof(*j->texts));
+    j->lens = calloc(n, sizeof(*j->lens));
+    if (!j->texts || !j->lens)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        char prefix[32];
+        if (i == 0)
+            snprintf(prefix, sizeof(prefix), "echo: ");
+        else
+            snprintf(prefix, sizeof(prefix), "echo[%zu]: ", i);
+        size_t plen = strlen(prefix);
+        j->texts[i] = malloc(plen + r->text_len + 1);
+        if (!j->texts[i])
+            return -1;
+        memcpy(j->texts[i], prefix, plen);
+        memcpy(j->texts[i] + plen, r->text, r->text_len + 1);
+        j->lens[i] = plen + r->text_len;
+    }
+    return 0;
+}
+
+static void free_texts(struct fake_job *j)
+{
+    for (int i = 0; j->texts && j->req && i < j->req->num_samples; i++)
+        free(j->texts[i]);
+    free(j->texts);
+    free(j->lens);
+    j->texts = NULL;
+    j->lens = NULL;
+}
+
+/* Where piece k of a len-byte text begins (k = FAKE_PIECES: its end): an
+ * even cut moved forward to a UTF-8 character boundary. */
+static size_t piece_start(const char *text, size_t len, int k)
+{
+    size_t pos = len * (size_t)k / FAKE_PIECES;
+    while (pos < len && ((unsigned char)text[pos] & 0xC0) == 0x80)
+        pos++;
+    return pos;
+}
+
+/* When piece k of j falls due (monotonic ms). */
+static int64_t piece_due(const struct fake_job *j, int k)
+{
+    return j->claimed_ms + j->span_ms * (k + 1) / FAKE_PIECES;
 }
 
 /* Take a claimed job on (c's payload is taken). Decides its outcome and due
@@ -235,13 +341,32 @@ static void take_on(struct fake *f, struct queue_claimed *c)
         setrlimit(RLIMIT_CORE, &no_core); /* no core file from a test */
         abort();
     }
+    if (strstr(text, "INVALID")) { /* refused before generating anything */
+        j->fail = 1;
+        j->due_ms = j->claimed_ms;
+        snprintf(j->error, sizeof(j->error), "invalid_request: the prompt does not fit");
+        log_debug("job %s attempt %ld: %s", j->c.id, j->c.attempt, j->error);
+        return;
+    }
+    if (make_texts(j) < 0) {
+        j->fail = 1;
+        snprintf(j->error, sizeof(j->error), "fake worker: out of memory");
+        return;
+    }
+    int64_t dur = f->o.delay_ms;
     const char *slow = strstr(text, "SLOW:");
-    if (strstr(text, "HANG"))
+    if (slow)
+        dur = strtoll(slow + 5, NULL, 10);
+    j->span_ms = dur > FAKE_PIECES * f->o.delta_ms ? dur : FAKE_PIECES * f->o.delta_ms;
+    j->due_ms = j->claimed_ms + j->span_ms;
+    j->pieces = FAKE_PIECES;
+    if (strstr(text, "HANG")) {
         j->due_ms = FAKE_HANG;
-    else if (slow)
-        j->due_ms = j->claimed_ms + strtoll(slow + 5, NULL, 10);
+        j->pieces = FAKE_PIECES - 1;
+    }
     if (strstr(text, "FAIL")) {
         j->fail = 1;
+        j->pieces = FAKE_PIECES - 1;
         snprintf(j->error, sizeof(j->error), "fake worker: asked to fail");
     }
     log_debug("job %s attempt %ld taken on (%zu bytes, %s)", j->c.id, j->c.attempt,
@@ -264,20 +389,10 @@ static char *echo_result(const struct fake_job *j, char *err, size_t errlen)
     if (!samples)
         goto out;
     for (size_t i = 0; i < n; i++) {
-        char prefix[32];
-        if (i == 0)
-            snprintf(prefix, sizeof(prefix), "echo: ");
-        else
-            snprintf(prefix, sizeof(prefix), "echo[%zu]: ", i);
-        size_t plen = strlen(prefix);
         struct job_sample *s = &samples[i];
-        s->text = malloc(plen + r->text_len + 1);
-        if (!s->text)
-            goto out;
-        memcpy(s->text, prefix, plen);
-        memcpy(s->text + plen, r->text, r->text_len + 1);
-        s->text_len = plen + r->text_len;
-        s->generated_tokens = words < (size_t)r->max_tokens ? (int)words : r->max_tokens;
+        s->text = j->texts[i]; /* borrowed */
+        s->text_len = j->lens[i];
+        s->generated_tokens = gen_tokens(j);
         s->finished = now;
         s->finish_reason = JOB_FINISH_LENGTH;
     }
@@ -294,10 +409,63 @@ static char *echo_result(const struct fake_job *j, char *err, size_t errlen)
 out:
     if (rc != 0)
         snprintf(err, errlen, "fake worker: cannot build the response (%d)", rc);
-    for (size_t i = 0; samples && i < n; i++)
-        free(samples[i].text);
     free(samples);
     return json;
+}
+
+/* Stream every piece that is due by `now`, of every job in hand, in one
+ * round trip. A job's first and last append also set its stream's TTL. */
+static void emit_due(struct fake *f, int64_t now)
+{
+    size_t n = 0, cap = 0;
+    for (int i = 0; i < f->n_jobs; i++) {
+        const struct fake_job *j = &f->jobs[i];
+        for (int k = j->sent; !j->gone && k < j->pieces && piece_due(j, k) <= now; k++)
+            cap += (size_t)j->req->num_samples;
+    }
+    if (cap == 0)
+        return;
+    struct queue_delta *d = calloc(cap, sizeof(*d));
+    int *upto = calloc((size_t)f->n_jobs, sizeof(*upto));
+    if (!d || !upto) {
+        free(d);
+        free(upto);
+        return;
+    }
+    for (int i = 0; i < f->n_jobs; i++) {
+        const struct fake_job *j = &f->jobs[i];
+        int k = j->sent;
+        for (; !j->gone && k < j->pieces && piece_due(j, k) <= now; k++) {
+            for (int s = 0; s < j->req->num_samples; s++) {
+                size_t a = piece_start(j->texts[s], j->lens[s], k);
+                size_t b = piece_start(j->texts[s], j->lens[s], k + 1);
+                int last = k == FAKE_PIECES - 1 && s == j->req->num_samples - 1;
+                d[n++] = (struct queue_delta){.id = j->c.id,
+                                              .sample = s,
+                                              .text = j->texts[s] + a,
+                                              .len = b - a,
+                                              .expire = (k == 0 && s == 0) || last};
+            }
+        }
+        upto[i] = k;
+    }
+    if (queue_stream_append(f->q, d, (int)n) == 0) {
+        int64_t wall = (int64_t)(clock_wall_s() * 1e3);
+        for (int i = 0; i < f->n_jobs; i++) {
+            struct fake_job *j = &f->jobs[i];
+            if (upto[i] == j->sent)
+                continue;
+            if (j->sent == 0)
+                j->first_ms = wall;
+            j->last_ms = wall;
+            j->sent = upto[i];
+        }
+    } else {
+        log_warn("streaming deltas failed (will retry): %s", queue_errstr(f->q));
+        clock_sleep_ms(FAKE_RETRY_MS);
+    }
+    free(d);
+    free(upto);
 }
 
 /* Finish one due job. Returns 0 (done with it, or retry later), or
@@ -318,7 +486,17 @@ static int finish_one(struct fake *f, struct fake_job *j)
         value = err;
     }
     int recorded = 0;
-    int rc = queue_finish(f->q, f->wid, j->c.id, j->c.attempt, oc, value, strlen(value), &recorded);
+    char timing[160];
+    snprintf(timing, sizeof(timing),
+             "{\"first_token_ms\":%lld,\"last_token_ms\":%lld,\"tokens\":%d}",
+             (long long)j->first_ms, (long long)j->last_ms, result ? gen_tokens(j) : 0);
+    int rc = queue_finish_timed(f->q, f->wid, j->c.id, j->c.attempt, oc, value, strlen(value),
+                                result && j->sent > 0 ? timing : NULL, &recorded);
+    if (rc == 0 && result) {
+        pthread_mutex_lock(&f->mu);
+        f->tokens += (long long)gen_tokens(j) * j->req->num_samples;
+        pthread_mutex_unlock(&f->mu);
+    }
     free(result);
     if (rc == QUEUE_ELOST)
         return rc;
@@ -341,6 +519,7 @@ static void compact(struct fake *f)
     for (int i = 0; i < f->n_jobs; i++) {
         struct fake_job *j = &f->jobs[i];
         if (j->gone) {
+            free_texts(j);
             job_request_destroy(j->req);
             queue_claimed_fini(&j->c, 1);
         } else {
@@ -348,6 +527,9 @@ static void compact(struct fake *f)
         }
     }
     f->n_jobs = k;
+    pthread_mutex_lock(&f->mu);
+    f->in_hand = k;
+    pthread_mutex_unlock(&f->mu);
 }
 
 /* Finish every job due by `now`, in random order with --shuffle. */
@@ -355,7 +537,7 @@ static int finish_due(struct fake *f, int64_t now)
 {
     int idx[f->o.batch], n = 0, rc = 0;
     for (int i = 0; i < f->n_jobs; i++)
-        if (f->jobs[i].due_ms <= now)
+        if (f->jobs[i].due_ms <= now && f->jobs[i].sent == f->jobs[i].pieces)
             idx[n++] = i;
     if (f->o.shuffle)
         for (int i = n - 1; i > 0; i--) {
@@ -416,7 +598,12 @@ static int register_runner(struct fake *f)
 {
     int64_t backoff = 100;
     for (;;) {
-        if (queue_register(f->q, f->wid, f->info) == 0)
+        char info[512];
+        pthread_mutex_lock(&f->mu);
+        int in_hand = f->in_hand;
+        pthread_mutex_unlock(&f->mu);
+        make_info(f, info, sizeof(info), in_hand, 0.0);
+        if (queue_register(f->q, f->wid, info) == 0)
             return 0;
         log_warn("cannot register runner %s: %s", f->wid, queue_errstr(f->q));
         if (fake_stop)
@@ -459,9 +646,13 @@ static int is_lost(struct fake *f)
 static int64_t next_due(const struct fake *f)
 {
     int64_t t = FAKE_HANG;
-    for (int i = 0; i < f->n_jobs; i++)
-        if (f->jobs[i].due_ms < t)
-            t = f->jobs[i].due_ms;
+    for (int i = 0; i < f->n_jobs; i++) {
+        const struct fake_job *j = &f->jobs[i];
+        if (j->due_ms < t)
+            t = j->due_ms;
+        if (j->sent < j->pieces && piece_due(j, j->sent) < t)
+            t = piece_due(j, j->sent);
+    }
     return t;
 }
 
@@ -472,6 +663,7 @@ static void run(struct fake *f)
         if (is_lost(f) && recover_lost(f) < 0)
             break;
         apply_aborts(f);
+        emit_due(f, clock_now_ms());
         if (finish_due(f, clock_now_ms()) == QUEUE_ELOST) {
             pthread_mutex_lock(&f->mu);
             f->lost = 1;
@@ -492,7 +684,12 @@ static void run(struct fake *f)
             continue;
         }
         int n = 0;
-        int rc = queue_claim(f->q, f->wid, room, (int)wait, claimed, &n);
+        /* Redis times a blocked client out with 100 ms granularity (hz 10):
+         * a short wait is slept here, so pieces go out when they fall due */
+        int precise = wait < FAKE_IDLE_BLOCK_MS / 2;
+        int rc = queue_claim(f->q, f->wid, room, precise ? 0 : (int)wait, claimed, &n);
+        if (rc == 0 && n == 0 && precise)
+            clock_sleep_ms(wait);
         if (rc == QUEUE_ELOST) {
             pthread_mutex_lock(&f->mu);
             f->lost = 1;
@@ -506,6 +703,9 @@ static void run(struct fake *f)
         }
         for (int i = 0; i < n; i++)
             take_on(f, &claimed[i]);
+        pthread_mutex_lock(&f->mu);
+        f->in_hand = f->n_jobs;
+        pthread_mutex_unlock(&f->mu);
     }
 }
 
@@ -517,6 +717,7 @@ static void drain(struct fake *f)
              f->n_jobs);
     while (!is_lost(f)) {
         apply_aborts(f);
+        emit_due(f, clock_now_ms());
         if (finish_due(f, clock_now_ms()) == QUEUE_ELOST)
             break;
         int64_t now = clock_now_ms(), due = next_due(f);
@@ -548,6 +749,9 @@ int main(int argc, char **argv)
          3600000, "MS", "A runner silent this long is dead (when this one reaps)."},
         {"delay-ms", "MILLRACE_FAKE_DELAY_MS", CONFIG_INT, &f.o.delay_ms, "0", 0, 3600000, "MS",
          "Time to \"generate\" each job."},
+        {"delta-ms", "MILLRACE_FAKE_DELTA_MS", CONFIG_INT, &f.o.delta_ms, "10", 0, 600000, "MS",
+         "Shortest time between two streamed pieces of a job (each sample's text goes out in "
+         "4 pieces; 0: all at once)."},
         {"shuffle", "MILLRACE_FAKE_SHUFFLE", CONFIG_BOOL, &f.o.shuffle, "false", 0, 0, NULL,
          "Finish the jobs that fall due together in a random order."},
         {"log-level", "MILLRACE_FAKE_LOG_LEVEL", CONFIG_STRING, &f.o.log_level, "info", 0, 0,
@@ -556,8 +760,8 @@ int main(int argc, char **argv)
     const struct config_spec spec = {
         "fake_worker [options]",
         "A TEST DOUBLE for millrace-worker: answers jobs without any model (each sample echoes "
-        "the prompt) so that the API can be tested. Prompt triggers: FAIL, SLOW:<ms>, HANG, "
-        "CRASH.",
+        "the prompt, streamed in pieces) so that the API can be tested. Prompt triggers: FAIL, "
+        "INVALID, SLOW:<ms>, HANG, CRASH.",
         options, sizeof(options) / sizeof(options[0])};
     char err[256];
     int rc = config_parse(&spec, argc, argv, env_get, err, sizeof(err));
@@ -598,9 +802,6 @@ int main(int argc, char **argv)
     pthread_condattr_destroy(&ca);
     f.rng = ids_seed() | 1;
     make_wid(f.wid);
-    snprintf(f.info, sizeof(f.info),
-             "{\"model\":\"fake\",\"fake\":true,\"batch\":%lld,\"pid\":%ld}", f.o.batch,
-             (long)getpid());
     f.jobs = calloc((size_t)f.o.batch, sizeof(*f.jobs));
     char name[QUEUE_ID_MAX + 16];
     snprintf(name, sizeof(name), "mr:fake:%s", f.wid);
@@ -629,8 +830,9 @@ int main(int argc, char **argv)
     char where[300];
     redis_target_describe(&ro.target, where, sizeof(where)); /* no password */
     log_info("fake worker %s: TEST DOUBLE, no model; redis %s, prefix %s, batch %lld, "
-             "delay %lld ms%s",
-             f.wid, where, f.o.prefix, f.o.batch, f.o.delay_ms, f.o.shuffle ? ", shuffled" : "");
+             "delay %lld ms, delta %lld ms%s",
+             f.wid, where, f.o.prefix, f.o.batch, f.o.delay_ms, f.o.delta_ms,
+             f.o.shuffle ? ", shuffled" : "");
     if (pthread_create(&hb, NULL, heartbeat_main, &f) != 0) {
         fprintf(stderr, "fake_worker: cannot start the heartbeat thread\n");
         goto out;

@@ -5,7 +5,7 @@
  *   millrace-worker tokenize   --model FILE --text TEXT
  *   millrace-worker make-model --preset NAME --type T --out FILE
  *   millrace-worker bench      --model FILE [--threads N]
- *   millrace-worker serve      (the Redis worker: issue #5, not built yet)
+ *   millrace-worker serve      --model FILE --redis URL [...]
  *
  * Each subcommand has its own flags and --help.
  */
@@ -24,6 +24,7 @@
 #include "worker/engine.h"
 #include "worker/make_model.h"
 #include "worker/model.h"
+#include "worker/serve.h"
 #include "worker/gguf.h"
 #include "worker/tokenizer.h"
 
@@ -384,10 +385,8 @@ int main(int argc, char **argv)
         return cmd_make_model(argc - 1, argv + 1);
     if (strcmp(cmd, "bench") == 0)
         return cmd_bench(argc - 1, argv + 1);
-    if (strcmp(cmd, "serve") == 0) {
-        fprintf(stderr, "millrace-worker serve: the Redis worker is not built yet (issue #5)\n");
-        return 1;
-    }
+    if (strcmp(cmd, "serve") == 0)
+        return serve_main(argc - 1, argv + 1);
     int help = strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0;
     fprintf(help ? stdout : stderr,
             "Usage: millrace-worker COMMAND [options]   (COMMAND --help for its options)\n\n"
@@ -395,6 +394,6 @@ int main(int argc, char **argv)
             "  tokenize     print the token ids of a text\n"
             "  make-model   write a random-weight Mistral-architecture model (tests, benchmarks)\n"
             "  bench        measure prefill and decode speed\n"
-            "  serve        serve jobs from Redis (issue #5: not built yet)\n");
+            "  serve        serve jobs from the Redis queue (continuous batching)\n");
     return help ? 0 : 2;
 }

@@ -376,3 +376,165 @@ static inline void api_wait_dropped(const struct stack *s, const char *prefix, c
         clock_sleep_ms(20);
     }
 }
+
+/* ---- Server-Sent Events --------------------------------------------------- */
+
+/* One event of a text/event-stream body. */
+struct api_sse_event {
+    char id[64];    /* its id: field, "" when it had none */
+    char event[32]; /* its event: field */
+    char *data;     /* new: its data: lines joined with "\n" */
+};
+
+/* The complete events of a body (an event cut off at the end is left out). */
+struct api_sse {
+    struct api_sse_event *ev;
+    size_t n;
+    int comments; /* lines starting with ':' (pings) */
+};
+
+/* Parse the complete events of body[0, len) into out (free with
+ * api_sse_fini). Lines end with "\n" (millrace sends no "\r"). */
+static inline void api_sse_parse(const char *body, size_t len, struct api_sse *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct api_sse_event cur;
+    memset(&cur, 0, sizeof(cur));
+    int has_fields = 0;
+    const char *p = body, *end = body + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl)
+            break; /* an incomplete line: the rest is not an event yet */
+        size_t n = (size_t)(nl - p);
+        if (n == 0) { /* a blank line ends the event */
+            if (has_fields) {
+                out->ev = realloc(out->ev, (out->n + 1) * sizeof(*out->ev));
+                assert_non_null(out->ev);
+                if (!cur.data)
+                    cur.data = strdup("");
+                out->ev[out->n++] = cur;
+            }
+            memset(&cur, 0, sizeof(cur));
+            has_fields = 0;
+        } else if (p[0] == ':') {
+            out->comments++;
+        } else {
+            const char *colon = memchr(p, ':', n);
+            size_t fl = colon ? (size_t)(colon - p) : n;
+            const char *v = colon ? colon + 1 : nl;
+            if (v < nl && *v == ' ')
+                v++;
+            size_t vl = (size_t)(nl - v);
+            has_fields = 1;
+            if (fl == 2 && memcmp(p, "id", 2) == 0) {
+                snprintf(cur.id, sizeof(cur.id), "%.*s", (int)vl, v);
+            } else if (fl == 5 && memcmp(p, "event", 5) == 0) {
+                snprintf(cur.event, sizeof(cur.event), "%.*s", (int)vl, v);
+            } else if (fl == 4 && memcmp(p, "data", 4) == 0) {
+                size_t old = cur.data ? strlen(cur.data) : 0;
+                cur.data = realloc(cur.data, old + vl + 2);
+                assert_non_null(cur.data);
+                if (old)
+                    cur.data[old++] = '\n';
+                memcpy(cur.data + old, v, vl);
+                cur.data[old + vl] = '\0';
+            }
+        }
+        p = nl + 1;
+    }
+    free(cur.data);
+}
+
+static inline void api_sse_fini(struct api_sse *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        free(s->ev[i].data);
+    free(s->ev);
+    memset(s, 0, sizeof(*s));
+}
+
+/* How many complete events named `event` body[0, len) holds. */
+static inline size_t api_sse_count(const char *body, size_t len, const char *event)
+{
+    struct api_sse s;
+    api_sse_parse(body, len, &s);
+    size_t n = 0;
+    for (size_t i = 0; i < s.n; i++)
+        n += strcmp(s.ev[i].event, event) == 0;
+    api_sse_fini(&s);
+    return n;
+}
+
+/* An http_stop_fn: stop once *(size_t *)arg delta events are complete. */
+static inline int api_sse_stop_after_deltas(const char *body, size_t len, void *arg)
+{
+    return api_sse_count(body, len, "delta") >= *(const size_t *)arg;
+}
+
+/*
+ * Open an event stream and read it until it ends or stop says so (stop may
+ * be NULL): POST /generate with `body` when job_id is NULL, else GET
+ * /jobs/{job_id}/stream, with "Last-Event-ID: <last_event_id>" when that is
+ * not NULL. out is filled whatever happens.
+ */
+static inline void api_stream(const struct stack *s, const char *body, const char *job_id,
+                              const char *last_event_id, http_stop_fn stop, void *arg,
+                              long timeout_ms, struct http_response *out)
+{
+    char url[256], path[160], lei[128];
+    const char *headers[] = {API_JSON, "Expect:", "Accept: text/event-stream", NULL, NULL};
+    if (last_event_id) {
+        snprintf(lei, sizeof(lei), "Last-Event-ID: %s", last_event_id);
+        headers[3] = lei;
+    }
+    if (job_id)
+        snprintf(path, sizeof(path), "/jobs/%s/stream", job_id);
+    stack_url(s, job_id ? path : "/generate", url, sizeof(url));
+    http_request_until(job_id ? "GET" : "POST", url, headers, job_id ? NULL : body,
+                       job_id ? 0 : strlen(body), timeout_ms, stop, arg, out);
+}
+
+/* Assert r is a 200 text/event-stream answer; returns its complete events. */
+static inline void api_assert_stream(const struct http_response *r, struct api_sse *out)
+{
+    char ct[128];
+    if (r->status != 200)
+        fail_msg("expected a 200 stream, got %ld (%s): %.300s", r->status, r->err,
+                 r->body ? r->body : "");
+    assert_string_equal(api_header(r, "Content-Type", ct, sizeof(ct)), "text/event-stream");
+    api_sse_parse(r->body, r->len, out);
+}
+
+/* The data of event ev as a JSON object (new). */
+static inline json_t *api_sse_json(const struct api_sse_event *ev)
+{
+    json_error_t je;
+    json_t *o = json_loads(ev->data, 0, &je);
+    if (!json_is_object(o))
+        fail_msg("event %s data is not a JSON object: %.300s", ev->event, ev->data);
+    return o;
+}
+
+/* Append the text of every delta event of sample `sample` in s to out (cap
+ * bytes, NUL-terminated). Returns how many deltas it took. */
+static inline int api_sse_concat(const struct api_sse *s, int sample, char *out, size_t cap)
+{
+    int n = 0;
+    size_t len = strlen(out);
+    for (size_t i = 0; i < s->n; i++) {
+        if (strcmp(s->ev[i].event, "delta") != 0)
+            continue;
+        json_t *o = api_sse_json(&s->ev[i]);
+        if (api_int(o, "sample") == sample) {
+            const char *t = api_str(o, "text");
+            size_t tl = strlen(t);
+            assert_true(len + tl < cap);
+            memcpy(out + len, t, tl + 1);
+            len += tl;
+            n++;
+        }
+        json_decref(o);
+    }
+    return n;
+}

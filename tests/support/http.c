@@ -85,6 +85,9 @@ struct xfer {
     struct curl_slist *headers;
     struct buf body, hdr;
     int oom;
+    http_stop_fn stop; /* NULL: read to the end */
+    void *stop_arg;
+    int stopped; /* stop said so: the write error that ended the transfer is ours */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -94,6 +97,10 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
     if (buf_add(&x->body, data, size * nmemb) < 0) {
         x->oom = 1;
         return 0;
+    }
+    if (x->stop && x->stop(x->body.p, x->body.len, x->stop_arg)) {
+        x->stopped = 1;
+        return 0; /* a write error: curl ends the transfer and closes the connection */
     }
     return size * nmemb;
 }
@@ -178,6 +185,8 @@ static int xfer_finish(struct xfer *x, CURLcode code, struct http_response *out)
 {
     response_empty(out);
     int rc = 0;
+    if (code == CURLE_WRITE_ERROR && x->stopped)
+        code = CURLE_OK;
     if (code == CURLE_OK && !x->oom) {
         curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &out->status);
     } else {
@@ -208,6 +217,26 @@ int http_request(const char *method, const char *url, const char *const *headers
         xfer_fini(&x);
         return rc;
     }
+    rc = xfer_finish(&x, curl_easy_perform(x.easy), out);
+    xfer_fini(&x);
+    return rc;
+}
+
+int http_request_until(const char *method, const char *url, const char *const *headers,
+                       const char *body, size_t body_len, long timeout_ms, http_stop_fn stop,
+                       void *arg, struct http_response *out)
+{
+    struct xfer x;
+    int rc = xfer_setup(&x, method, url, headers, body, body_len, timeout_ms);
+    if (rc < 0) {
+        response_empty(out);
+        snprintf(out->err, sizeof(out->err), "could not set up the transfer");
+        xfer_fini(&x);
+        return rc;
+    }
+    x.stop = stop;
+    x.stop_arg = arg;
+    curl_easy_setopt(x.easy, CURLOPT_FORBID_REUSE, 1L);
     rc = xfer_finish(&x, curl_easy_perform(x.easy), out);
     xfer_fini(&x);
     return rc;

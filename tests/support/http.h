@@ -59,6 +59,21 @@ int http_global_init(void);
 int http_request(const char *method, const char *url, const char *const *headers, const char *body,
                  size_t body_len, long timeout_ms, struct http_response *out);
 
+/* Decides, from the body received so far, whether to stop reading (non-zero). */
+typedef int (*http_stop_fn)(const char *body, size_t len, void *arg);
+
+/*
+ * As http_request, but stop(body so far, its length, arg) is called after
+ * each piece of the body arrives, and when it returns non-zero the transfer
+ * ends there and the connection is closed: the client hangs up in the
+ * middle of a response (a stream, say). out->body holds what arrived.
+ * Returns 0 when the response ended or was stopped (out->status is the
+ * response's status), else as http_request.
+ */
+int http_request_until(const char *method, const char *url, const char *const *headers,
+                       const char *body, size_t body_len, long timeout_ms, http_stop_fn stop,
+                       void *arg, struct http_response *out);
+
 /*
  * Run n requests at once, each on its own new connection (no connection
  * limit, no reuse), and wait until all have finished or timeout_ms has passed

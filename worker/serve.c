@@ -1,0 +1,508 @@
+/*
+ * serve: the worker's Redis loop (see serve.h).
+ *
+ * Key decisions:
+ * - Two Redis connections: the main loop's (claim, finish, stream) and the
+ *   heartbeat thread's (beat, reap), so a long step never delays a beat and
+ *   the runner is never presumed dead while it works. The beat's answer
+ *   (which of our jobs are no longer ours) is handed to the main loop, which
+ *   alone touches the scheduler.
+ * - A finished job's result is kept until Redis has recorded it: a finish
+ *   that fails (Redis down) is retried every loop. The fence makes a retry
+ *   after a lost reply harmless.
+ */
+#include "worker/serve.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/config.h"
+#include "common/ids.h"
+#include "common/job.h"
+#include "common/log.h"
+#include "common/queue.h"
+#include "worker/model.h"
+#include "worker/scheduler.h"
+
+#define SERVE_CLAIM_MAX 8
+
+static atomic_int stop_signal;
+
+static void on_signal(int sig)
+{
+    atomic_store(&stop_signal, sig);
+}
+
+static const char *env_get(const char *name)
+{
+    return getenv(name);
+}
+
+struct serve {
+    struct queue *q;  /* main loop */
+    struct queue *hq; /* heartbeat thread */
+    struct sched *sched;
+    const struct model *model;
+    char wid[QUEUE_ID_MAX + 1];
+    int heartbeat_ms;
+    int max_seqs;
+    const char *device;
+
+    pthread_mutex_t lock; /* guards the fields below, shared with the beat thread */
+    char info[512];       /* what the next beat sends */
+    char (*abort_ids)[QUEUE_ID_MAX + 1];
+    int n_abort, cap_abort;
+    int lost; /* the runner was declared dead */
+    int beat_stop;
+
+    /* finished jobs whose result Redis has not recorded yet */
+    struct sched_job **pending;
+    int n_pending, cap_pending;
+};
+
+static void make_wid(char out[QUEUE_ID_MAX + 1])
+{
+    char host[48] = "host", rnd[QUEUE_ID_MAX + 1];
+    gethostname(host, sizeof(host) - 1);
+    ids_job_id(rnd);
+    snprintf(out, QUEUE_ID_MAX + 1, "w-%.24s-%d-%.8s", host, (int)getpid(), rnd);
+    for (char *p = out; *p; p++)
+        if (*p <= ' ' || *p == 0x7f)
+            *p = '_';
+}
+
+static void *beat_main(void *arg)
+{
+    struct serve *sv = arg;
+    for (;;) {
+        char info[512], wid[QUEUE_ID_MAX + 1];
+        pthread_mutex_lock(&sv->lock);
+        int stop = sv->beat_stop;
+        memcpy(info, sv->info, sizeof(info));
+        memcpy(wid, sv->wid, sizeof(wid));
+        pthread_mutex_unlock(&sv->lock);
+        if (stop)
+            break;
+        struct queue_owned *owned = NULL;
+        int n = 0;
+        int rc = queue_heartbeat(sv->hq, wid, info, &owned, &n);
+        pthread_mutex_lock(&sv->lock);
+        if (rc == QUEUE_ELOST && strcmp(wid, sv->wid) == 0) {
+            sv->lost = 1;
+        } else if (rc == 0) {
+            for (int i = 0; i < n; i++) {
+                if (!owned[i].abort)
+                    continue;
+                if (sv->n_abort == sv->cap_abort) {
+                    int cap = sv->cap_abort ? sv->cap_abort * 2 : 16;
+                    void *p = realloc(sv->abort_ids, (size_t)cap * sizeof(*sv->abort_ids));
+                    if (!p)
+                        break;
+                    sv->abort_ids = p;
+                    sv->cap_abort = cap;
+                }
+                memcpy(sv->abort_ids[sv->n_abort++], owned[i].id, QUEUE_ID_MAX + 1);
+            }
+        } else if (rc < 0) {
+            log_warn("heartbeat failed: %s", queue_errstr(sv->hq));
+        }
+        pthread_mutex_unlock(&sv->lock);
+        free(owned);
+        struct queue_reap_result rr;
+        queue_reap(sv->hq, &rr); /* the lease makes one runner do it per period */
+        int64_t until = clock_now_ms() + sv->heartbeat_ms;
+        while (clock_now_ms() < until) {
+            pthread_mutex_lock(&sv->lock);
+            stop = sv->beat_stop;
+            pthread_mutex_unlock(&sv->lock);
+            if (stop)
+                break;
+            clock_sleep_ms(20);
+        }
+    }
+    return NULL;
+}
+
+static void update_info(struct serve *sv)
+{
+    struct sched_stats st;
+    sched_stats(sv->sched, &st);
+    pthread_mutex_lock(&sv->lock);
+    snprintf(sv->info, sizeof(sv->info),
+             "{\"model\":\"%.100s\",\"device\":\"%s\",\"active_sequences\":%d,\"jobs\":%d,"
+             "\"kv_blocks_used\":%d,\"kv_blocks_total\":%d,\"tokens_per_s\":%.1f,"
+             "\"max_batch\":%d,\"pid\":%d}",
+             sv->model->cfg.name, sv->device, st.active_sequences, st.jobs, st.kv_blocks_used,
+             st.kv_blocks_total, st.tokens_per_s, sv->max_seqs, (int)getpid());
+    /* the model name came from the file: keep the JSON valid whatever it holds */
+    for (char *p = sv->info + 10; *p && p < sv->info + 10 + 100; p++)
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < ' ')
+            *p = '_';
+    pthread_mutex_unlock(&sv->lock);
+}
+
+/* Record finished jobs (and retry those Redis did not take before). */
+static void record_results(struct serve *sv)
+{
+    int kept = 0;
+    for (int i = 0; i < sv->n_pending; i++) {
+        struct sched_job *j = sv->pending[i];
+        int recorded = 0;
+        int rc = queue_finish_timed(sv->q, sv->wid, j->id, j->attempt, QUEUE_OUTCOME_DONE,
+                                    j->result, strlen(j->result), j->timing, &recorded);
+        if (rc < 0) {
+            log_warn("job %s: cannot record the result yet (%s); will retry", j->id,
+                     queue_errstr(sv->q));
+            sv->pending[kept++] = j;
+            continue;
+        }
+        if (!recorded)
+            log_info("job %s: finished, but it was no longer ours (cancelled or re-run)", j->id);
+        else
+            log_debug("job %s: done", j->id);
+        sched_job_free(j);
+    }
+    sv->n_pending = kept;
+}
+
+static int keep_result(struct serve *sv, struct sched_job *j)
+{
+    if (sv->n_pending == sv->cap_pending) {
+        int cap = sv->cap_pending ? sv->cap_pending * 2 : 16;
+        void *p = realloc(sv->pending, (size_t)cap * sizeof(*sv->pending));
+        if (!p)
+            return -1;
+        sv->pending = p;
+        sv->cap_pending = cap;
+    }
+    sv->pending[sv->n_pending++] = j;
+    return 0;
+}
+
+/* Fail a job that cannot run (the request's fault, or this worker's limits). */
+static void fail_job(struct serve *sv, const char *id, long attempt, const char *why)
+{
+    int recorded;
+    log_info("job %s failed: %s", id, why);
+    if (queue_finish(sv->q, sv->wid, id, attempt, QUEUE_OUTCOME_FAILED, why, strlen(why),
+                     &recorded) < 0)
+        log_warn("job %s: cannot record its failure: %s", id, queue_errstr(sv->q));
+}
+
+static void take_claimed(struct serve *sv, struct queue_claimed *c)
+{
+    struct job_limits lim = job_limits_default();
+    lim.max_tokens_limit = 100000000;
+    lim.max_num_samples = 100000;
+    lim.max_text_bytes = 1 << 30;
+    lim.max_stop = 1000;
+    lim.max_stop_len = 1 << 20;
+    lim.max_eos_ids = 100000;
+    struct job_request *req = NULL;
+    struct job_error je;
+    char err[600];
+    if (job_request_parse(&req, c->payload, c->payload_len, &lim, &je, NULL) != 0) {
+        snprintf(err, sizeof(err), "invalid_request: %s", je.message);
+        fail_job(sv, c->id, c->attempt, err);
+        return;
+    }
+    if (sched_submit_take(sv->sched, c->id, c->attempt, c->created, req, err, sizeof(err)) < 0)
+        fail_job(sv, c->id, c->attempt, err);
+}
+
+/* Drop what the heartbeat said is no longer ours. */
+static void apply_aborts(struct serve *sv)
+{
+    pthread_mutex_lock(&sv->lock);
+    int n = sv->n_abort;
+    char(*ids)[QUEUE_ID_MAX + 1] = n ? malloc((size_t)n * sizeof(*ids)) : NULL;
+    if (ids)
+        memcpy(ids, sv->abort_ids, (size_t)n * sizeof(*ids));
+    sv->n_abort = 0;
+    pthread_mutex_unlock(&sv->lock);
+    for (int i = 0; ids && i < n; i++) {
+        if (sched_cancel(sv->sched, ids[i])) {
+            int rec;
+            log_info("job %s: cancelled or taken over; dropped", ids[i]);
+            /* fenced: only takes the id off our processing list */
+            queue_finish(sv->q, sv->wid, ids[i], 0, QUEUE_OUTCOME_RELEASE, NULL, 0, &rec);
+        }
+    }
+    free(ids);
+}
+
+/* Everything still held goes back to the queue (SIGTERM, or a lost runner id). */
+static void drop_all(struct serve *sv)
+{
+    char ids[256][QUEUE_ID_MAX + 1];
+    long attempts[256];
+    int n;
+    while ((n = sched_jobs(sv->sched, ids, attempts, 256)) > 0)
+        for (int i = 0; i < n && i < 256; i++)
+            sched_cancel(sv->sched, ids[i]);
+}
+
+static int stream_deltas(struct serve *sv, struct sched_delta *d, int n)
+{
+    if (n == 0)
+        return 0;
+    struct queue_delta *qd = malloc((size_t)n * sizeof(*qd));
+    if (!qd)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        qd[i] = (struct queue_delta){d[i].job->id, d[i].sample, d[i].text, d[i].len,
+                                     !d[i].job->streamed};
+        d[i].job->streamed = 1;
+    }
+    int rc = queue_stream_append(sv->q, qd, n);
+    if (rc < 0)
+        log_warn("streaming %d delta(s) failed: %s", n, queue_errstr(sv->q));
+    free(qd);
+    return rc;
+}
+
+int serve_main(int argc, char **argv)
+{
+    const char *model_path = NULL, *redis_url = NULL, *prefix = NULL, *device = NULL,
+               *log_level = NULL;
+    long long threads, max_seqs, max_tokens, kv_blocks, kv_mb, block_size, hb_ms, ttl_ms, grace;
+    const struct config_option options[] = {
+        {"model", "MILLRACE_MODEL", CONFIG_STRING, &model_path, NULL, 0, 0, "FILE",
+         "GGUF model to serve."},
+        {"redis", "MILLRACE_REDIS", CONFIG_STRING, &redis_url, "redis://127.0.0.1:6379", 0, 0,
+         "URL", "Redis: redis://[[user]:password@]host[:port][/db] or a unix socket path."},
+        {"redis-prefix", "MILLRACE_REDIS_PREFIX", CONFIG_STRING, &prefix, "{mr}", 0, 0, "PREFIX",
+         "Prefix of every Redis key (the same on APIs and workers)."},
+        {"device", "MILLRACE_DEVICE", CONFIG_STRING, &device, "cpu", 0, 0, "DEV", "cpu."},
+        {"threads", "MILLRACE_THREADS", CONFIG_INT, &threads, "0", 0, 256, "N",
+         "CPU threads (0: all cores)."},
+        {"max-batch", "MILLRACE_MAX_BATCH", CONFIG_INT, &max_seqs, "32", 1, 4096, "N",
+         "Samples generating at once."},
+        {"max-batch-tokens", "MILLRACE_MAX_BATCH_TOKENS", CONFIG_INT, &max_tokens, "256", 1, 65536,
+         "N", "Tokens per forward step (decode tokens plus prompt chunks)."},
+        {"kv-blocks", "MILLRACE_KV_BLOCKS", CONFIG_INT, &kv_blocks, "0", 0, 100000000, "N",
+         "KV cache blocks (0: from --kv-cache-mb)."},
+        {"kv-cache-mb", "MILLRACE_KV_CACHE_MB", CONFIG_INT, &kv_mb, "1024", 1, 10000000, "MB",
+         "KV cache size when --kv-blocks is 0."},
+        {"block-size", "MILLRACE_BLOCK_SIZE", CONFIG_INT, &block_size, "16", 1, 4096, "N",
+         "Positions per KV block."},
+        {"heartbeat-ms", "MILLRACE_HEARTBEAT_MS", CONFIG_INT, &hb_ms, "1000", 10, 60000, "MS",
+         "How often to beat (and to learn of cancelled jobs)."},
+        {"worker-ttl-ms", "MILLRACE_WORKER_TTL_MS", CONFIG_INT, &ttl_ms, "15000", 100, 3600000,
+         "MS", "A runner silent this long is dead (the same on every API and worker)."},
+        {"shutdown-grace-s", "MILLRACE_SHUTDOWN_GRACE_S", CONFIG_INT, &grace, "30", 0, 86400, "S",
+         "On SIGTERM, how long running jobs may finish before they are handed back."},
+        {"log-level", "MILLRACE_LOG_LEVEL", CONFIG_STRING, &log_level, "info", 0, 0, "LEVEL",
+         "debug, info, warn or error."},
+    };
+    const struct config_spec spec = {"millrace-worker serve --model FILE [--redis URL] [options]",
+                                     "Serve jobs from the Redis queue with continuous batching.",
+                                     options, sizeof(options) / sizeof(options[0])};
+    char err[600];
+    int rc = config_parse(&spec, argc, argv, env_get, err, sizeof(err));
+    if (rc == CONFIG_HELP) {
+        config_print_help(&spec, stdout);
+        return 0;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "millrace-worker serve: %s\n", err);
+        return 2;
+    }
+    enum log_level level;
+    if (log_level_parse(log_level, &level) < 0) {
+        fprintf(stderr,
+                "millrace-worker serve: --log-level: '%s' is not debug, info, warn or "
+                "error\n",
+                log_level);
+        return 2;
+    }
+    log_setup(level, "worker");
+    if (!model_path) {
+        fprintf(stderr, "millrace-worker serve: --model is required\n");
+        return 2;
+    }
+    struct redis_opts ro;
+    redis_opts_default(&ro);
+    if (redis_url_parse(redis_url, &ro.target, err, sizeof(err)) < 0) {
+        fprintf(stderr, "millrace-worker serve: --redis: %s\n", err);
+        return 2;
+    }
+    ro.retry_ms = 2000;
+    struct queue_opts qo;
+    queue_opts_default(&qo);
+    qo.prefix = prefix;
+    qo.worker_ttl_ms = (int)ttl_ms;
+    qo.reap_lease_ms = (int)(hb_ms > 1000 ? hb_ms : 1000);
+
+    struct serve sv;
+    memset(&sv, 0, sizeof(sv));
+    pthread_mutex_init(&sv.lock, NULL);
+    sv.heartbeat_ms = (int)hb_ms;
+    sv.max_seqs = (int)max_seqs;
+    sv.device = device;
+    struct model *model = NULL;
+    pthread_t beat;
+    int beat_started = 0, status = 1;
+    if (model_load(&model, model_path, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        goto out;
+    }
+    sv.model = model;
+    if (kv_blocks == 0) {
+        const struct model_config *c = &model->cfg;
+        double block_bytes =
+            2.0 * 2.0 * c->n_layers * (double)block_size * c->n_kv_heads * c->head_dim;
+        kv_blocks = (long long)((double)kv_mb * 1048576.0 / block_bytes);
+        if (kv_blocks < 1)
+            kv_blocks = 1;
+    }
+    struct sched_opts so = {.device = device,
+                            .n_threads = (int)threads,
+                            .max_seqs = (int)max_seqs,
+                            .max_batch_tokens =
+                                (int)(max_tokens < max_seqs ? max_seqs : max_tokens),
+                            .block_size = (int)block_size,
+                            .kv_blocks = (int)kv_blocks};
+    if (sched_create(&sv.sched, model, &so, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        goto out;
+    }
+    if (queue_create(&sv.q, &ro, &qo, "mr:worker", err, sizeof(err)) < 0 ||
+        queue_create(&sv.hq, &ro, &qo, "mr:worker-beat", err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        goto out;
+    }
+    make_wid(sv.wid);
+    update_info(&sv);
+    while (queue_register(sv.q, sv.wid, sv.info) < 0) { /* Redis down at start: wait for it */
+        if (atomic_load(&stop_signal))
+            goto out;
+        clock_sleep_ms(500);
+    }
+    char where[300];
+    redis_target_describe(&ro.target, where, sizeof(where));
+    log_info("serving %s (%s, %s) as runner %s; Redis %s, prefix %s; %d samples at once, "
+             "%lld KV blocks of %lld",
+             model->cfg.name, model_weight_type_name(model), device, sv.wid, where, prefix,
+             (int)max_seqs, kv_blocks, block_size);
+    if (pthread_create(&beat, NULL, beat_main, &sv) != 0) {
+        log_error("cannot start the heartbeat thread");
+        goto out;
+    }
+    beat_started = 1;
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    int64_t drain_until = 0, last_info = 0;
+    for (;;) {
+        int sig = atomic_load(&stop_signal);
+        if (sig && !drain_until) {
+            drain_until = clock_now_ms() + grace * 1000;
+            log_info("%s: no new jobs; letting %d running job(s) finish for up to %lld s",
+                     sig == SIGTERM ? "SIGTERM" : "SIGINT", sched_jobs(sv.sched, NULL, NULL, 0),
+                     grace);
+        }
+        if (drain_until && (!sched_busy(sv.sched) || clock_now_ms() >= drain_until))
+            break;
+
+        pthread_mutex_lock(&sv.lock);
+        int lost = sv.lost;
+        sv.lost = 0;
+        pthread_mutex_unlock(&sv.lock);
+        if (lost) {
+            log_warn("runner %s was declared dead (a pause longer than the ttl?): dropping its "
+                     "jobs, registering anew",
+                     sv.wid);
+            drop_all(&sv);
+            pthread_mutex_lock(&sv.lock);
+            make_wid(sv.wid);
+            pthread_mutex_unlock(&sv.lock);
+            queue_register(sv.q, sv.wid, sv.info);
+        }
+        apply_aborts(&sv);
+
+        if (!drain_until && sched_has_room(sv.sched)) {
+            struct queue_claimed claimed[SERVE_CLAIM_MAX];
+            int n = 0;
+            int block = sched_busy(sv.sched) ? 0 : 500;
+            rc = queue_claim(sv.q, sv.wid, SERVE_CLAIM_MAX, block, claimed, &n);
+            if (rc == QUEUE_ELOST) {
+                pthread_mutex_lock(&sv.lock);
+                sv.lost = 1;
+                pthread_mutex_unlock(&sv.lock);
+            } else if (rc < 0 && !sched_busy(sv.sched)) {
+                clock_sleep_ms(200); /* Redis trouble: the connection logs it */
+            }
+            for (int i = 0; i < n; i++) {
+                log_debug("job %s: claimed (attempt %ld)", claimed[i].id, claimed[i].attempt);
+                take_claimed(&sv, &claimed[i]);
+            }
+            queue_claimed_fini(claimed, n);
+        }
+
+        if (sched_busy(sv.sched)) {
+            struct sched_delta *deltas;
+            struct sched_job **done;
+            int n_deltas, n_done;
+            if (sched_step(sv.sched, &deltas, &n_deltas, &done, &n_done, err, sizeof(err)) < 0) {
+                log_error("the engine failed: %s; handing every job back", err);
+                break;
+            }
+            stream_deltas(&sv, deltas, n_deltas);
+            for (int i = 0; i < n_done; i++)
+                if (keep_result(&sv, done[i]) < 0)
+                    sched_job_free(done[i]);
+        }
+        if (sv.n_pending > 0)
+            record_results(&sv);
+        if (clock_now_ms() - last_info >= sv.heartbeat_ms / 2) {
+            update_info(&sv);
+            last_info = clock_now_ms();
+        }
+    }
+    status = 0;
+out:
+    if (beat_started) {
+        pthread_mutex_lock(&sv.lock);
+        sv.beat_stop = 1;
+        pthread_mutex_unlock(&sv.lock);
+        pthread_join(beat, NULL);
+    }
+    if (sv.q) {
+        for (int tries = 0; sv.n_pending > 0 && tries < 20; tries++) {
+            record_results(&sv);
+            if (sv.n_pending > 0)
+                clock_sleep_ms(250);
+        }
+        int released = 0;
+        if (sv.sched) {
+            drop_all(&sv);
+            if (queue_deregister(sv.q, sv.wid, &released) == 0)
+                log_info("runner %s deregistered; %d job(s) handed back to the queue", sv.wid,
+                         released);
+            else
+                log_warn("could not deregister: %s (the reaper will recover our jobs)",
+                         queue_errstr(sv.q));
+        }
+    }
+    for (int i = 0; i < sv.n_pending; i++)
+        sched_job_free(sv.pending[i]);
+    free(sv.pending);
+    free(sv.abort_ids);
+    sched_destroy(sv.sched);
+    queue_destroy(sv.q);
+    queue_destroy(sv.hq);
+    model_free(model);
+    pthread_mutex_destroy(&sv.lock);
+    return status;
+}
