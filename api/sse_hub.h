@@ -29,6 +29,7 @@ struct sse_client {
     struct sse_client *next, *prev; /* the hub's list */
     struct sse_wire_buf out;
     struct sse_wire_id last; /* the last stream entry appended */
+    long attempt;            /* of the last delta appended, 0: none yet */
     int64_t sent_ms;         /* when something was last appended (pings) */
     int finished;            /* w is resolved: read the stream to its end, then the final event */
     int final_queued;        /* the final event is in out: end once out is sent */

@@ -150,6 +150,19 @@ static void poll_hangups(struct sse *h, struct pump_work *wk)
     sse_hub_resumes_run(&wk->resumes);
 }
 
+/* Append one delta to c, preceded by a reset event when a new attempt (a re-run
+ * after a lost worker) starts over. Locked. Returns 0 or -1 (no memory). */
+static int append_delta_locked(struct sse_client *c, const struct sse_wire_id *id, long attempt,
+                               int sample, const char *text, size_t len)
+{
+    if (c->attempt != 0 && attempt != c->attempt && sse_wire_reset(&c->out, attempt) < 0)
+        return -1;
+    if (sse_wire_delta(&c->out, id, attempt, sample, text, len) < 0)
+        return -1;
+    c->attempt = attempt;
+    return 0;
+}
+
 /* Append the entries after c->last to c (locked); returns how many. */
 static size_t append_entries_locked(struct sse_client *c, const struct queue_stream_entry *e, int n)
 {
@@ -159,7 +172,7 @@ static size_t append_entries_locked(struct sse_client *c, const struct queue_str
         if (sse_wire_id_parse(e[i].event_id, strlen(e[i].event_id), &id) < 0 ||
             sse_wire_id_cmp(&id, &c->last) <= 0)
             continue;
-        if (sse_wire_delta(&c->out, &id, e[i].sample, e[i].text, e[i].len) < 0)
+        if (append_delta_locked(c, &id, e[i].attempt, e[i].sample, e[i].text, e[i].len) < 0)
             break; /* no memory: read it again later */
         c->last = id;
         added++;
@@ -232,6 +245,7 @@ static size_t append_reply_locked(struct sse_client *c, const redisReply *entrie
             continue;
         const redisReply *f = ent->element[1];
         int sample = 0;
+        long attempt = 1;
         const char *text = "";
         size_t len = 0;
         for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
@@ -240,12 +254,14 @@ static size_t append_reply_locked(struct sse_client *c, const redisReply *entrie
                 continue;
             if (strcmp(name->str, "sample") == 0)
                 sample = atoi(val->str);
+            else if (strcmp(name->str, "attempt") == 0)
+                attempt = atol(val->str);
             else if (strcmp(name->str, "text") == 0) {
                 text = val->str;
                 len = val->len;
             }
         }
-        if (sse_wire_delta(&c->out, &id, sample, text, len) < 0)
+        if (append_delta_locked(c, &id, attempt, sample, text, len) < 0)
             break; /* no memory: read it again later */
         c->last = id;
         added++;

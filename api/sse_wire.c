@@ -159,7 +159,17 @@ int sse_wire_job(struct sse_wire_buf *b, const char *job_id)
     return 0;
 }
 
-int sse_wire_delta(struct sse_wire_buf *b, const struct sse_wire_id *id, int sample,
+int sse_wire_reset(struct sse_wire_buf *b, long attempt)
+{
+    char ev[96];
+    int n = snprintf(ev, sizeof(ev), "event: reset\ndata: {\"attempt\":%ld}\n\n", attempt);
+    if (n < 0 || (size_t)n >= sizeof(ev) || reserve(b, (size_t)n))
+        return SSE_WIRE_ENOMEM;
+    put(b, ev, (size_t)n);
+    return 0;
+}
+
+int sse_wire_delta(struct sse_wire_buf *b, const struct sse_wire_id *id, long attempt, int sample,
                    const char *text, size_t len)
 {
     char head[128];
@@ -171,6 +181,14 @@ int sse_wire_delta(struct sse_wire_buf *b, const struct sse_wire_id *id, int sam
         return SSE_WIRE_ENOMEM;
     put(b, head, (size_t)hn);
     put_json_string(b, text, len);
+    if (attempt > 1) { /* a re-run: only then, so first runs keep the plain shape */
+        char tail[48];
+        int tn = snprintf(tail, sizeof(tail), ",\"attempt\":%ld}\n\n", attempt);
+        if (tn < 0 || (size_t)tn >= sizeof(tail) || reserve(b, (size_t)tn))
+            return SSE_WIRE_ENOMEM;
+        put(b, tail, (size_t)tn);
+        return 0;
+    }
     puts_(b, "}\n\n");
     return 0;
 }

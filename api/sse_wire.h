@@ -64,8 +64,11 @@ int sse_wire_id_cmp(const struct sse_wire_id *a, const struct sse_wire_id *b);
  * as a JSON string, control characters and NULs escaped.
  */
 int sse_wire_job(struct sse_wire_buf *b, const char *job_id);
-int sse_wire_delta(struct sse_wire_buf *b, const struct sse_wire_id *id, int sample,
+/* A delta; attempt > 1 (a re-run after a lost worker) is carried in its data. */
+int sse_wire_delta(struct sse_wire_buf *b, const struct sse_wire_id *id, long attempt, int sample,
                    const char *text, size_t len);
+/* "event: reset" with the new attempt: the text so far is void, it starts over. */
+int sse_wire_reset(struct sse_wire_buf *b, long attempt);
 /* result: the Flywheel JSON; a line break in it (there is none in compact
  * JSON) would start another data: line, which SSE joins back with "\n". */
 int sse_wire_done(struct sse_wire_buf *b, const char *result);

@@ -702,12 +702,13 @@ int queue_finish(struct queue *q, const char *wid, const char *id, long attempt,
 
 int queue_stream_append(struct queue *q, const struct queue_delta *d, int n)
 {
-    enum { XADD_ARGS = 10, EXPIRE_ARGS = 3 };
+    enum { XADD_ARGS = 12, EXPIRE_ARGS = 3 };
     int rc = QUEUE_ENOMEM, n_cmd = 0;
     char ttl[16];
     snprintf(ttl, sizeof(ttl), "%d", q->opts.result_ttl_s);
     char(*keys)[QUEUE_KEY_MAX] = malloc((size_t)n * sizeof(*keys));
     char(*samples)[12] = malloc((size_t)n * sizeof(*samples));
+    char(*attempts)[24] = malloc((size_t)n * sizeof(*attempts));
     const char *(*argv)[XADD_ARGS] = malloc((size_t)n * 2 * sizeof(*argv));
     size_t(*lens)[XADD_ARGS] = malloc((size_t)n * 2 * sizeof(*lens));
     const char **argvs[1]; /* silence unused warnings on empty input */
@@ -716,7 +717,7 @@ int queue_stream_append(struct queue *q, const struct queue_delta *d, int n)
     int *argcs = calloc((size_t)n * 2 + 1, sizeof(*argcs));
     redisReply **replies = calloc((size_t)n * 2 + 1, sizeof(*replies));
     (void)argvs;
-    if (!keys || !samples || !argv || !lens || !av || !lv || !argcs || !replies)
+    if (!keys || !samples || !attempts || !argv || !lens || !av || !lv || !argcs || !replies)
         goto out;
     for (int i = 0; i < n; i++) {
         if (!id_ok(d[i].id)) {
@@ -725,11 +726,13 @@ int queue_stream_append(struct queue *q, const struct queue_delta *d, int n)
         }
         key(q, keys[i], "stream", d[i].id);
         snprintf(samples[i], sizeof(samples[i]), "%d", d[i].sample);
-        const char *a[XADD_ARGS] = {"XADD", keys[i],  "MAXLEN",   "~",    "100000",
-                                    "*",    "sample", samples[i], "text", d[i].text};
+        snprintf(attempts[i], sizeof(attempts[i]), "%ld", d[i].attempt > 0 ? d[i].attempt : 1);
+        const char *a[XADD_ARGS] = {"XADD",   keys[i],    "MAXLEN",  "~",
+                                    "100000", "*",        "attempt", attempts[i],
+                                    "sample", samples[i], "text",    d[i].text};
         memcpy(argv[n_cmd], a, sizeof(a));
         for (int k = 0; k < XADD_ARGS; k++)
-            lens[n_cmd][k] = k == 9 ? d[i].len : strlen(a[k]);
+            lens[n_cmd][k] = k == 11 ? d[i].len : strlen(a[k]);
         av[n_cmd] = argv[n_cmd];
         lv[n_cmd] = lens[n_cmd];
         argcs[n_cmd++] = XADD_ARGS;
@@ -763,6 +766,7 @@ out:
     free(av);
     free(lens);
     free(argv);
+    free(attempts);
     free(samples);
     free(keys);
     return rc;
@@ -812,12 +816,15 @@ int queue_stream_read(struct queue *q, const char *id, const char *after, int ma
             continue;
         const redisReply *f = ent->element[1];
         e[got].sample = 0;
+        e[got].attempt = 1;
         for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
             const redisReply *name = f->element[k], *val = f->element[k + 1];
             if (name->type != REDIS_REPLY_STRING || val->type != REDIS_REPLY_STRING)
                 continue;
             if (strcmp(name->str, "sample") == 0)
                 e[got].sample = atoi(val->str);
+            else if (strcmp(name->str, "attempt") == 0)
+                e[got].attempt = atol(val->str);
             else if (strcmp(name->str, "text") == 0 && !e[got].text) {
                 e[got].text = malloc(val->len + 1);
                 if (e[got].text) {

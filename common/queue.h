@@ -200,6 +200,7 @@ void queue_runners_free(struct queue_runner *r, int n);
  */
 struct queue_stream_entry {
     char event_id[48];
+    long attempt; /* of the run that wrote it (1 when absent) */
     int sample;
     char *text; /* new */
     size_t len;
@@ -276,12 +277,15 @@ int queue_finish_timed(struct queue *q, const char *wid, const char *id, long at
 /*
  * Streaming: append text deltas to jobs' streams ({prefix}:stream:<id>, a
  * Redis Stream capped at about 100,000 entries, each entry the fields
- * `sample` and `text`), all in one round trip. `expire` asks to (re)set the
+ * `attempt`, `sample` and `text`), all in one round trip. A job re-run after
+ * its worker was lost appends the new attempt's deltas after the old ones:
+ * readers start the text over when the attempt changes. `expire` asks to (re)set the
  * stream's TTL to the result TTL (the first append of a job, and its last).
  * Entries (borrowed) are written in order. Returns 0 or an error.
  */
 struct queue_delta {
     const char *id;
+    long attempt; /* the claim's attempt: a re-run after a lost worker starts over */
     int sample;
     const char *text;
     size_t len;

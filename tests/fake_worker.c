@@ -441,6 +441,7 @@ static void emit_due(struct fake *f, int64_t now)
                 size_t b = piece_start(j->texts[s], j->lens[s], k + 1);
                 int last = k == FAKE_PIECES - 1 && s == j->req->num_samples - 1;
                 d[n++] = (struct queue_delta){.id = j->c.id,
+                                              .attempt = j->c.attempt,
                                               .sample = s,
                                               .text = j->texts[s] + a,
                                               .len = b - a,

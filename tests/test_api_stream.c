@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include "common/queue.h"
 #include "tests/support/api_client.h"
 
 #define STREAM_TIMEOUT_MS 8000
@@ -592,6 +593,83 @@ API_TEST(test_api_exits_cleanly_after_the_streams)
 
 /* ---- main ------------------------------------------------------------------- */
 
+/* A job re-run after its worker was lost: the stream carries both attempts'
+ * deltas; a reader gets a reset event where the second begins, and the text
+ * after it is the final text. Driven by hand through common/queue on a
+ * prefix no fake worker serves. */
+static void test_a_rerun_after_a_lost_worker_resets_the_stream(void **state)
+{
+    (void)state;
+    const char *args[] = {"--redis-prefix", "{rs}", NULL};
+    use_api(args);
+    char id[64];
+    struct http_response r;
+    api_post(&S, "/jobs", "{\"text\": \"again\", \"max_tokens\": 4}", NULL, &r);
+    assert_int_equal(r.status, 202);
+    json_t *o = api_json(&r);
+    snprintf(id, sizeof(id), "%s", api_str(o, "id"));
+    json_decref(o);
+    http_response_fini(&r);
+
+    struct redis_opts ro;
+    struct queue_opts qo;
+    char err[256];
+    redis_opts_default(&ro);
+    assert_int_equal(redis_url_parse(S.redis.url, &ro.target, err, sizeof(err)), 0);
+    queue_opts_default(&qo);
+    qo.prefix = "{rs}";
+    struct queue *q = NULL;
+    assert_int_equal(queue_create(&q, &ro, &qo, "t:rerun", err, sizeof(err)), 0);
+    assert_int_equal(queue_register(q, "r1", NULL), 0);
+    struct queue_claimed c;
+    int n, rec;
+    assert_int_equal(queue_claim(q, "r1", 1, 0, &c, &n), 0);
+    assert_int_equal(n, 1);
+    queue_claimed_fini(&c, 1);
+    struct queue_delta d1 = {id, 1, 0, "lost ", 5, 1};
+    assert_int_equal(queue_stream_append(q, &d1, 1), 0);
+    /* the worker fails: the job goes back and runs again */
+    assert_int_equal(queue_finish(q, "r1", id, 1, QUEUE_OUTCOME_RETRY, "lost", 4, &rec), 0);
+    assert_int_equal(queue_claim(q, "r1", 1, 0, &c, &n), 0);
+    assert_int_equal(c.attempt, 2);
+    queue_claimed_fini(&c, 1);
+    struct queue_delta d2[2] = {{id, 2, 0, "kept ", 5, 0}, {id, 2, 0, "text", 4, 1}};
+    assert_int_equal(queue_stream_append(q, d2, 2), 0);
+    const char *result = "{\"created\":1.0,\"finished\":2.0,\"num_samples\":1,\"prompt\":"
+                         "\"again\",\"prompt_tokens\":2,\"responses\":[{\"text\":\"kept text\","
+                         "\"generated_tokens\":2,\"finished\":2.0,\"finish_reason\":\"length\"}]}";
+    assert_int_equal(queue_finish(q, "r1", id, 2, QUEUE_OUTCOME_DONE, result, strlen(result), &rec),
+                     0);
+    assert_int_equal(rec, 1);
+    queue_destroy(q);
+
+    char path[128];
+    snprintf(path, sizeof(path), "/jobs/%s/stream", id);
+    api_call(&S, "GET", path, &r);
+    assert_int_equal(r.status, 200);
+    struct api_sse sse;
+    api_sse_parse(r.body, r.len, &sse);
+    char after_reset[64] = "";
+    int resets = 0;
+    for (size_t i = 0; i < sse.n; i++) {
+        if (strcmp(sse.ev[i].event, "reset") == 0) {
+            resets++;
+            after_reset[0] = '\0';
+        } else if (strcmp(sse.ev[i].event, "delta") == 0) {
+            json_t *dj = api_sse_json(&sse.ev[i]);
+            strncat(after_reset, api_str(dj, "text"),
+                    sizeof(after_reset) - strlen(after_reset) - 1);
+            json_decref(dj);
+        }
+    }
+    assert_int_equal(resets, 1);
+    assert_string_equal(after_reset, "kept text");
+    assert_string_equal(sse.ev[sse.n - 1].event, "done");
+    api_sse_fini(&sse);
+    http_response_fini(&r);
+    test_finished = 1;
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -658,6 +736,7 @@ int main(void)
         T(test_bad_last_event_id_is_400),
         T(test_stream_error_event_for_a_cancelled_job),
         T(test_get_stream_disconnect_leaves_the_job_running),
+        T(test_a_rerun_after_a_lost_worker_resets_the_stream),
         T(test_invalid_request_from_the_worker_is_400),
         T(test_stats_lists_the_runners_and_their_totals),
         T(test_metrics_time_to_first_token_and_inter_token_latency),

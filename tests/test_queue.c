@@ -766,7 +766,7 @@ static void test_stream_deltas_are_read_back_in_order_and_resumable(void **state
     char id[QUEUE_ID_MAX + 1];
     ids_job_id(id);
     struct queue_delta d[3] = {
-        {id, 0, "Once", 4, 1}, {id, 1, " upon", 5, 0}, {id, 0, "\xc3\xa9", 2, 0}};
+        {id, 1, 0, "Once", 4, 1}, {id, 1, 1, " upon", 5, 0}, {id, 2, 0, "\xc3\xa9", 2, 0}};
     assert_int_equal(queue_stream_append(q, d, 3), 0);
     assert_true(redis_int("TTL {t}:stream:%s", id) > 0);
     struct queue_stream_entry *e;
@@ -775,7 +775,9 @@ static void test_stream_deltas_are_read_back_in_order_and_resumable(void **state
     assert_int_equal(n, 3);
     assert_string_equal(e[0].text, "Once");
     assert_int_equal(e[1].sample, 1);
+    assert_int_equal(e[1].attempt, 1);
     assert_string_equal(e[2].text, "\xc3\xa9");
+    assert_int_equal(e[2].attempt, 2); /* a re-run's deltas say so */
     char resume[48];
     snprintf(resume, sizeof(resume), "%s", e[0].event_id);
     queue_stream_entries_free(e, n);

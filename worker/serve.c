@@ -256,8 +256,8 @@ static int stream_deltas(struct serve *sv, struct sched_delta *d, int n)
     if (!qd)
         return -1;
     for (int i = 0; i < n; i++) {
-        qd[i] = (struct queue_delta){d[i].job->id, d[i].sample, d[i].text, d[i].len,
-                                     !d[i].job->streamed};
+        qd[i] = (struct queue_delta){d[i].job->id, d[i].job->attempt, d[i].sample,
+                                     d[i].text,    d[i].len,          !d[i].job->streamed};
         d[i].job->streamed = 1;
     }
     int rc = queue_stream_append(sv->q, qd, n);
