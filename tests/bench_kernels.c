@@ -10,11 +10,15 @@
  *   tokens/s: what the forward pass can reach on this machine before
  *   attention and the element-wise ops.
  *   matmul (prefill, 128 tokens): GFLOP/s.
+ *   matmul by tokens per call (2 to 512, 2 threads): GFLOP/s, the few-token
+ *   steps of continuous batching and the token blocks of long prefills.
  *   pool: the cost of one kc_pool_run of an empty function, with the
  *   workers spinning (back-to-back runs) and asleep (after 2 ms idle).
  *
  * Each number is the best of several repetitions (other processes share
- * this machine). MILLRACE_CPU=scalar benchmarks the scalar path.
+ * this machine). MILLRACE_CPU=scalar benchmarks the scalar path; --quick
+ * runs only the pool, attention and model step, --tokens only the matmul
+ * by tokens per call.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -232,6 +236,50 @@ static void bench_matmul(struct kc_pool *pools[2], struct kc_scratch *s)
     }
 }
 
+/* GFLOP/s of one shape against the batch size, 2 threads: the decode-like
+ * few-token products, the 128-token prefill step and token blocks past it */
+static void bench_matmul_tokens(struct kc_pool *pool, struct kc_scratch *s, int max_tokens)
+{
+    static const struct shape shapes[] = {
+        {"4096x4096", 4096, 4096},
+        {"768->2048", 768, 2048},
+        {"2048->768", 2048, 768},
+    };
+    static const int counts[] = {2, 7, 16, 17, 64, 128, 129, 256, 512};
+    printf("\nmatmul by tokens per call, 2 threads: GFLOP/s\n");
+    printf("%-12s %-5s", "shape", "type");
+    for (size_t c = 0; c < sizeof counts / sizeof *counts; c++)
+        printf(" %6d", counts[c]);
+    printf("\n");
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        const int n_in = shapes[i].n_in, n_out = shapes[i].n_out;
+        float *x = malloc((size_t)max_tokens * n_in * sizeof *x);
+        float *y = malloc((size_t)max_tokens * n_out * sizeof *y);
+        for (size_t j = 0; j < (size_t)max_tokens * n_in; j++)
+            x[j] = (float)(rnd() >> 8) / (1 << 24) - 0.5f;
+        for (int t = 0; t < N_TYPES; t++) {
+            unsigned char *w = alloc_weights(types[t], kc_type_row_size(types[t], n_in) * n_out);
+            printf("%-12s %-5s", shapes[i].name, kc_type_name(types[t]));
+            for (size_t c = 0; c < sizeof counts / sizeof *counts; c++) {
+                const int nt = counts[c];
+                double best = 1e9;
+                for (int rep = 0; rep < 5; rep++) {
+                    double t0 = now();
+                    kc_matmul(pool, y, x, w, types[t], nt, n_in, n_out, s);
+                    double sec = now() - t0;
+                    best = sec < best ? sec : best;
+                }
+                printf(" %6.1f", 2.0 * nt * n_in * n_out / best / 1e9);
+            }
+            printf("\n");
+            fflush(stdout);
+            free(w);
+        }
+        free(x);
+        free(y);
+    }
+}
+
 /* one query token of a Mistral-7B-shaped layer (32 heads, 8 KV heads of
  * 128) over ctx positions of a paged fp16 cache; one thread */
 static void bench_attention(void)
@@ -332,21 +380,27 @@ static void bench_pool(void)
 int main(int argc, char **argv)
 {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    int tokens_only = argc > 1 && strcmp(argv[1], "--tokens") == 0;
     struct kc_pool *pools[2];
     struct kc_scratch *s;
     if (kc_pool_create(&pools[0], 1) || kc_pool_create(&pools[1], 2) ||
-        kc_scratch_create(&s, 128, 14336)) {
+        kc_scratch_create(&s, 512, 14336)) {
         fprintf(stderr, "bench_kernels: setup failed\n");
         return 1;
     }
     printf("kernels/cpu on %s path, %ld CPUs online\n", kc_cpu_isa_name(kc_cpu_isa()),
            sysconf(_SC_NPROCESSORS_ONLN));
-    bench_pool();
-    bench_attention();
-    bench_model_step(pools, s);
-    if (!quick) {
+    if (tokens_only) {
+        bench_matmul_tokens(pools[1], s, 512);
+    } else {
+        bench_pool();
+        bench_attention();
+        bench_model_step(pools, s);
+    }
+    if (!quick && !tokens_only) {
         bench_matvec(pools, s);
         bench_matmul(pools, s);
+        bench_matmul_tokens(pools[1], s, 512);
     }
     kc_scratch_destroy(s);
     kc_pool_destroy(pools[0]);

@@ -1,8 +1,9 @@
 /*
  * The engine on models the project makes itself (no ../shared needed):
  * make-model is deterministic; every weight type loads and generates; the
- * KV cache, RoPE and attention give the same logits whether a sequence is
- * run in one batch, in chunks or token by token; the sliding window really
+ * KV cache, RoPE and attention give the same logits, bit for bit, whether a
+ * sequence is run in one batch, in chunks, token by token or interleaved
+ * with another sequence in shared steps; the sliding window really
  * limits what a token sees; stop strings, EOS ids, max_input_tokens and
  * seeds behave as the contract says; bad model files are clear errors.
  */
@@ -61,16 +62,24 @@ static int group_teardown(void **state)
     return system(cmd) == 0 ? 0 : -1;
 }
 
-static struct engine *open_engine(const char *name, int max_batch)
+/* kv_blocks 0: the default (one sequence of the full context) */
+static struct engine *open_engine_with(const char *name, int max_batch, int kv_blocks,
+                                       int n_threads)
 {
     char path[128], err[512];
     struct engine *e = NULL;
     struct engine_opts o = {.model_path = model_path(name, path, sizeof(path)),
-                            .n_threads = 2,
+                            .n_threads = n_threads,
+                            .kv_blocks = kv_blocks,
                             .max_batch_tokens = max_batch};
     if (engine_create(&e, &o, err, sizeof(err)) < 0)
         fail_msg("%s: %s", name, err);
     return e;
+}
+
+static struct engine *open_engine(const char *name, int max_batch)
+{
+    return open_engine_with(name, max_batch, 0, 2);
 }
 
 static struct job_request *request(const char *json)
@@ -131,39 +140,139 @@ static void test_every_weight_type_loads_and_generates(void **state)
     assert_int_equal(first[2], first[0]);
 }
 
-/* Logits of a 40-token sequence: one batch vs chunks of 7 vs one at a time. */
+/* A test prompt of n tokens: BOS, then a spread of ids from `salt`. */
+static void test_tokens(int *tokens, int n, int salt)
+{
+    tokens[0] = 1;
+    for (int i = 1; i < n; i++)
+        tokens[i] = 300 + (i * 7919 + salt * 104729) % 20000;
+}
+
+/*
+ * Logits of a 40-token sequence: one batch vs chunks of 7 vs one at a time,
+ * bit for bit in every weight type (2 threads; the chunks and steps on 1):
+ * a token's logits must not depend on what else is in its batch, or a
+ * greedy choice and a seeded sample would depend on the server's load.
+ */
 static void test_batch_chunks_and_steps_give_the_same_logits(void **state)
 {
     (void)state;
     enum { N = 40 };
+    static const char *const names[] = {"tiny-f32", "tiny-f16", "tiny-bf16", "tiny-q8_0"};
     int tokens[N];
-    tokens[0] = 1;
-    for (int i = 1; i < N; i++)
-        tokens[i] = 300 + (i * 7919) % 20000;
-    struct engine *whole = open_engine("tiny-f32", 64), *chunks = open_engine("tiny-f32", 7);
-    int vocab = whole->model->cfg.vocab_size;
-    float *a = malloc((size_t)N * vocab * sizeof(float));
-    float *b = malloc((size_t)N * vocab * sizeof(float));
-    float *c = malloc((size_t)N * vocab * sizeof(float));
-    char err[512];
-    assert_int_equal(engine_run(whole, tokens, N, 0, a, err, sizeof(err)), 0);
-    assert_int_equal(engine_run(chunks, tokens, N, 0, b, err, sizeof(err)), 0);
-    for (int i = 0; i < N; i++) /* decode steps, each seeing the cache of the earlier ones */
-        assert_int_equal(
-            engine_run(chunks, tokens + i, 1, i, c + (size_t)i * vocab, err, sizeof(err)), 0);
-    double db = 0, dc = 0;
-    for (size_t i = 0; i < (size_t)N * vocab; i++) {
-        db = fmax(db, fabs(a[i] - b[i]));
-        dc = fmax(dc, fabs(a[i] - c[i]));
+    test_tokens(tokens, N, 0);
+    for (size_t m = 0; m < sizeof(names) / sizeof(names[0]); m++) {
+        struct engine *whole = open_engine(names[m], 64);
+        struct engine *chunks = open_engine_with(names[m], 7, 0, 1);
+        int vocab = whole->model->cfg.vocab_size;
+        size_t bytes = (size_t)N * vocab * sizeof(float);
+        float *a = malloc(bytes), *b = malloc(bytes), *c = malloc(bytes);
+        char err[512];
+        assert_int_equal(engine_run(whole, tokens, N, 0, a, err, sizeof(err)), 0);
+        assert_int_equal(engine_run(chunks, tokens, N, 0, b, err, sizeof(err)), 0);
+        for (int i = 0; i < N; i++) /* decode steps, each seeing the cache of the earlier ones */
+            assert_int_equal(
+                engine_run(chunks, tokens + i, 1, i, c + (size_t)i * vocab, err, sizeof(err)), 0);
+        for (int i = 0; i < N; i++) {
+            const size_t row = (size_t)i * vocab;
+            if (memcmp(a + row, b + row, vocab * sizeof(float)) != 0 ||
+                memcmp(a + row, c + row, vocab * sizeof(float)) != 0)
+                fail_msg("%s: the logits of token %d differ between one batch, chunks of 7 "
+                         "and single steps",
+                         names[m], i);
+        }
+        free(a);
+        free(b);
+        free(c);
+        engine_destroy(whole);
+        engine_destroy(chunks);
     }
-    printf("max |logit difference|: chunks %.2e, token by token %.2e\n", db, dc);
-    assert_true(db < 1e-4);
-    assert_true(dc < 1e-4);
-    free(a);
-    free(b);
-    free(c);
-    engine_destroy(whole);
-    engine_destroy(chunks);
+}
+
+/*
+ * Two sequences through the backend in shared steps, as the serving worker
+ * batches them: their tokens interleaved row by row, in chunks of varying
+ * size (prefill chunks next to single decode tokens, a step of one token),
+ * in blocks of the KV pool scattered in memory, each sequence sometimes seq
+ * 0 and sometimes seq 1 of the step, on 1 thread. Each one's logits equal,
+ * bit for bit, those of the sequence run alone (on 2 threads, one token by
+ * token, the other in one batch).
+ */
+static void test_interleaved_sequences_give_the_logits_of_each_alone(void **state)
+{
+    (void)state;
+    enum { NA = 40, NB = 30, STEPS = 9, BS = 16 };
+    static const int chunk_a[STEPS] = {5, 1, 9, 1, 1, 13, 1, 0, 9};
+    static const int chunk_b[STEPS] = {12, 1, 1, 6, 1, 0, 0, 2, 7};
+    static const int blocks_a[] = {40, 33, 57}, blocks_b[] = {5, 62};
+    static const char *const names[] = {"tiny-f32", "tiny-q8_0"};
+    int tok[2][NA], n[2] = {NA, NB};
+    const int *chunk[2] = {chunk_a, chunk_b}, *blocks[2] = {blocks_a, blocks_b};
+    test_tokens(tok[0], NA, 1);
+    test_tokens(tok[1], NB, 2);
+    for (size_t m = 0; m < sizeof(names) / sizeof(names[0]); m++) {
+        struct engine *alone = open_engine(names[m], 64);
+        struct engine *e = open_engine_with(names[m], 64, 64, 1);
+        const int vocab = alone->model->cfg.vocab_size;
+        float *want[2], *got[2];
+        char err[512];
+        for (int s = 0; s < 2; s++) {
+            want[s] = malloc((size_t)n[s] * vocab * sizeof(float));
+            got[s] = malloc((size_t)n[s] * vocab * sizeof(float));
+        }
+        /* alone: a token by token, b in one batch */
+        for (int i = 0; i < NA; i++)
+            assert_int_equal(
+                engine_run(alone, tok[0] + i, 1, i, want[0] + (size_t)i * vocab, err, sizeof(err)),
+                0);
+        assert_int_equal(engine_run(alone, tok[1], NB, 0, want[1], err, sizeof(err)), 0);
+        float *logits = malloc((size_t)64 * vocab * sizeof(float));
+        int done[2] = {0, 0};
+        for (int step = 0; step < STEPS; step++) {
+            /* rows: a, b, a, b, ... while both have tokens in this step */
+            int tokens[64], pos[64], seq[64], rows[64], who[64], nt = 0;
+            int left[2] = {chunk[0][step], chunk[1][step]};
+            const int first = step % 2; /* sequence 0 of this step */
+            const int *tables[2] = {blocks[first], blocks[1 - first]};
+            for (int turn = 0; left[0] + left[1] > 0; turn ^= 1) {
+                const int s = left[turn] > 0 ? turn : 1 - turn;
+                const int p = done[s]++;
+                left[s]--;
+                tokens[nt] = tok[s][p];
+                pos[nt] = p;
+                seq[nt] = s == first ? 0 : 1;
+                who[nt] = s;
+                rows[nt] = nt;
+                nt++;
+            }
+            struct backend_batch b = {.n_tokens = nt,
+                                      .tokens = tokens,
+                                      .pos = pos,
+                                      .seq = seq,
+                                      .block_tables = tables,
+                                      .n_logits = nt,
+                                      .logit_rows = rows};
+            assert_int_equal(e->ops->forward(e->be, &b, logits, err, sizeof(err)), 0);
+            for (int i = 0; i < nt; i++)
+                memcpy(got[who[i]] + (size_t)pos[i] * vocab, logits + (size_t)i * vocab,
+                       (size_t)vocab * sizeof(float));
+        }
+        assert_int_equal(done[0], NA);
+        assert_int_equal(done[1], NB);
+        for (int s = 0; s < 2; s++) {
+            for (int i = 0; i < n[s]; i++)
+                if (memcmp(want[s] + (size_t)i * vocab, got[s] + (size_t)i * vocab,
+                           (size_t)vocab * sizeof(float)) != 0)
+                    fail_msg("%s: sequence %d, token %d: the logits batched with another "
+                             "sequence differ from those of the sequence alone",
+                             names[m], s, i);
+            free(want[s]);
+            free(got[s]);
+        }
+        free(logits);
+        engine_destroy(alone);
+        engine_destroy(e);
+    }
 }
 
 /* With a 16-token window and 2 layers, position p sees inputs back to
@@ -362,6 +471,7 @@ int main(void)
         cmocka_unit_test(test_make_model_is_deterministic),
         cmocka_unit_test(test_every_weight_type_loads_and_generates),
         cmocka_unit_test(test_batch_chunks_and_steps_give_the_same_logits),
+        cmocka_unit_test(test_interleaved_sequences_give_the_logits_of_each_alone),
         cmocka_unit_test(test_sliding_window_limits_what_a_token_sees),
         cmocka_unit_test(test_stop_string_ends_the_sample_before_it),
         cmocka_unit_test(test_eos_token_ids_end_the_sample),

@@ -711,6 +711,76 @@ static void test_matmul_same_bits_for_1_to_4_threads(void **state)
     kc_scratch_destroy(s);
 }
 
+/*
+ * A token's row of y must not depend on the rest of its batch (continuous
+ * batching: a request's output must be the same alone or under any load):
+ * bit for bit the same whatever n_tokens is (the decode kernel, the few-token
+ * and prefill tiles, 3-token groups and their leftovers, token blocks past
+ * KC_MM_BLOCK_TOKENS) and wherever the token sits in the batch; single
+ * tokens on 1 thread, batches on 3. Shapes: n_in over 4 reduction chunks
+ * with a tail (F types) or 2 Q8_0 chunks, n_in % 8 != 0 in one chunk, and
+ * n_out % 4 != 0 (rows outside the 4-row tiles).
+ */
+static void test_matmul_rows_do_not_depend_on_the_batch(void **state)
+{
+    (void)state;
+    static const struct mm_shape shapes[] = {
+        {4132, 43, 0}, {4128, 10, 0}, {100, 9, 0}, {768, 64, 0}};
+    static const int counts[] = {1, 2, 3, 7, 16, 17, 64, 128, 129, 257};
+    enum { NROWS = 131, MAXT = 257, MAXIN = 4132 }; /* 131: prime, rows distinct up to 131 */
+    struct kc_pool *pool;
+    struct kc_scratch *s;
+    assert_int_equal(kc_pool_create(&pool, 3), 0);
+    assert_int_equal(kc_scratch_create(&s, MAXT, MAXIN), 0);
+    float *rows = xmalloc((size_t)NROWS * MAXIN * sizeof *rows);
+    float *x = xmalloc((size_t)MAXT * MAXIN * sizeof *x);
+    rng_seed(19);
+    for (int k = 0; k < N_ISAS; k++) {
+        if (!use_isa(all_isas[k]))
+            continue;
+        for (size_t ti = 0; ti < sizeof mm_types / sizeof *mm_types; ti++) {
+            for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+                const int type = mm_types[ti], n_in = shapes[si].n_in, n_out = shapes[si].n_out;
+                if (type == KC_TYPE_Q8_0 && n_in % 32)
+                    continue;
+                void *w = make_weights(type, n_in, n_out);
+                float *alone = xmalloc((size_t)NROWS * n_out * sizeof *alone);
+                float *y = xmalloc((size_t)MAXT * n_out * sizeof *y);
+                for (int r = 0; r < NROWS; r++) {
+                    fill_test_row(rows + (size_t)r * n_in, n_in, r % 2);
+                    kc_matmul(NULL, alone + (size_t)r * n_out, rows + (size_t)r * n_in, w, type, 1,
+                              n_in, n_out, s);
+                }
+                for (size_t ci = 0; ci < sizeof counts / sizeof *counts; ci++) {
+                    const int nt = counts[ci];
+                    for (int j = 0; j < nt; j++) /* row r lands on a new position each time */
+                        memcpy(x + (size_t)j * n_in,
+                               rows + (size_t)((j * 37 + nt * 11) % NROWS) * n_in,
+                               (size_t)n_in * sizeof *x);
+                    memset(y, 0xff, (size_t)nt * n_out * sizeof *y);
+                    kc_matmul(pool, y, x, w, type, nt, n_in, n_out, s);
+                    for (int j = 0; j < nt; j++) {
+                        const int r = (j * 37 + nt * 11) % NROWS;
+                        if (memcmp(y + (size_t)j * n_out, alone + (size_t)r * n_out,
+                                   (size_t)n_out * sizeof *y) != 0)
+                            fail_msg("%s %s n_in=%d n_out=%d: token %d of %d differs from the "
+                                     "same token alone",
+                                     kc_cpu_isa_name(all_isas[k]), kc_type_name(type), n_in, n_out,
+                                     j, nt);
+                    }
+                }
+                free(w);
+                free(alone);
+                free(y);
+            }
+        }
+    }
+    free(rows);
+    free(x);
+    kc_scratch_destroy(s);
+    kc_pool_destroy(pool);
+}
+
 static void test_matmul_prepared_reuses_converted_x(void **state)
 {
     (void)state;
@@ -886,9 +956,15 @@ static void test_swiglu_softmax_add_match_reference(void **state)
                 continue;
             kc_swiglu_ref(ref, g, u, n);
             kc_swiglu(got, g, u, n);
-            for (int i = 0; i < n; i++)
+            for (int i = 0; i < n; i++) {
                 if (!(ulps(got[i], ref[i]) <= 4 || fabsf(ref[i]) < 1e-30f))
                     fail_msg("swiglu(%g, %g) = %g, want %g", g[i], u[i], got[i], ref[i]);
+                /* the same bits alone as anywhere in a row (batch invariance:
+                 * the forward pass runs it over all the batch's tokens) */
+                float one;
+                kc_swiglu(&one, g + i, u + i, 1);
+                assert_int_equal(f32_bits(one), f32_bits(got[i]));
+            }
             /* softmax: scores with a wide spread (many exps underflow) */
             memcpy(ref, g, n * sizeof *ref);
             kc_softmax_ref(ref, n);
@@ -1156,6 +1232,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pool_split_covers_range),
         cmocka_unit_test(test_matmul_matches_double_reference),
         cmocka_unit_test(test_matmul_same_bits_for_1_to_4_threads),
+        cmocka_unit_test(test_matmul_rows_do_not_depend_on_the_batch),
         cmocka_unit_test(test_matmul_prepared_reuses_converted_x),
         cmocka_unit_test(test_rmsnorm_matches_reference),
         cmocka_unit_test(test_rope_table_and_rotation),

@@ -6,14 +6,39 @@
  * rows x 3 tokens: 12 accumulators of 8 lanes, which with the 3 x vectors
  * and the converted weight vector fill the 16 ymm registers:
  *
- *   for each chunk [k0, k1) of n_in       (all tokens' x chunk: half the L2)
- *     for each tile of 4 of the thread's rows    (4 rows x chunk: L1)
- *       for each group of 3 tokens
+ *   for each block of up to 128 tokens
+ *     for each pass [k0, k1) over n_in     (the block's x: half the L2)
+ *       for each tile of 4 of the thread's rows    (4 rows x pass: L1)
+ *         for each group of 3 tokens
  *
  * With few tokens the 4 rows of a tile come from the 4 quarters of the
  * thread's rows (4 long sequential streams for the prefetcher), with many
- * they are adjacent (kc_plan_rows has the numbers). Decode (1 token, no
- * chunks) uses a 4-row x 1-token kernel with 2 accumulators per row.
+ * they are adjacent (kc_plan_rows has the numbers). Decode (1 token) of
+ * F32/F16/BF16 uses a 4-row x 1-token kernel over all of n_in (kc_rows4_f).
+ *
+ * Batch invariance. A token's results must be the same bits whatever else
+ * is in its batch (a request's greedy output, or its seeded sample, must
+ * not depend on the server's load), so the reduction order of y[t][o] is a
+ * function of n_in alone, the same in the decode kernel, every tile shape
+ * and every pass size, for any thread count: n_in is cut in fixed chunks of
+ * KC_MM_K values (Q8_0: KC_MM_KB blocks); within a chunk one 8-lane
+ * accumulator per (row, token) takes the products in order (F types: one
+ * FMA per 8 values; Q8_0: one FMA per block), then its 8 lanes are summed
+ * as ((0+1)+(2+3))+((4+5)+(6+7)) (kc_hsum4, also for single rows); the n_in
+ * % 8 leftover values are summed in order in f32 and added to the last
+ * chunk's sum; and y = chunk 0, then y + chunk 1, y + chunk 2, ... Passes
+ * and token blocks only decide when the chunks are computed. The former
+ * code chunked n_in by n_tokens (128 Ki floats / n_tokens) and gave decode
+ * 2 accumulators per row, so a token's logits moved by ~1e-7 with its
+ * batch. The fixed order costs little: decode with 4 FMA chains instead
+ * of 8 streams the weights from DRAM as fast (kc_rows4_f has the numbers;
+ * weights that sit in cache lose up to 25%); chunk ends inside a
+ * pass (one horizontal sum per 1024 values) are within the noise of the
+ * prefill numbers; blocks of 128 tokens are faster past 128 tokens (1
+ * thread, 512 tokens, F16 2048->768: 77 -> 93 GFLOP/s, F32 4096x4096: 70 ->
+ * 85) where the former chunks got small, but 129-150 tokens of F32 weights
+ * that do not fit L3 lose ~10% (4096x4096: 87 -> 77) to a second read of the
+ * weights.
  *
  * Weights are converted to f32 as they are loaded (F16: vcvtph2ps, BF16: a
  * 16-bit shift); x was converted once by kc_matmul_prepare. Q8_0 multiplies
@@ -47,13 +72,24 @@
 #define KC_AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
 #endif
 
-/* Floats of x per chunk for all tokens together: 128 Ki floats = 512 KiB,
- * half this machine's 1 MiB L2 per core. 4096x4096, 128 tokens, 1 thread,
- * F32: chunks of 128 KiB 80 GFLOP/s, 256 KiB 86, 512 KiB 90, 1 MiB 79, no
- * chunks 75 (F16 within 5% for all). */
-#ifndef KC_MM_CHUNK_FLOATS
-#define KC_MM_CHUNK_FLOATS (1 << 17)
+/* The reduction order (see the file comment): values of n_in per chunk for
+ * F32/F16/BF16, blocks of 32 per chunk for Q8_0. Fixed: they decide the
+ * bits of every result. */
+#define KC_MM_K  1024
+#define KC_MM_KB 128
+
+/* Bytes of x per pass over n_in for all the tokens of a block together: 512
+ * KiB, half this machine's 1 MiB L2 per core. 4096x4096, 128 tokens, 1
+ * thread, F32: passes of 128 KiB 80 GFLOP/s, 256 KiB 86, 512 KiB 90, 1 MiB
+ * 79, one pass 75 (F16 within 5% for all). */
+#ifndef KC_MM_CHUNK_BYTES
+#define KC_MM_CHUNK_BYTES (1 << 19)
 #endif
+
+/* Tokens per block: one chunk of x of each (F32: KC_MM_K floats, Q8_0:
+ * KC_MM_KB blocks of int8, both 4 KiB) for all fills KC_MM_CHUNK_BYTES. */
+#define KC_MM_BLOCK_TOKENS (KC_MM_CHUNK_BYTES / (4 * KC_MM_K))
+_Static_assert(KC_MM_K % 8 == 0 && KC_MM_KB * KC_QK8_0 == 4 * KC_MM_K, "chunks of 4 KiB of x");
 
 /* Up to this many tokens a tile's 4 rows come from 4 quarters of the
  * thread's rows (see kc_plan_rows). */
@@ -252,25 +288,26 @@ static KC_AVX2_INLINE __m256 kc_load_w8(int type, const char *row, int k)
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-static KC_AVX2_INLINE float kc_hsum(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* the four sums of a, b, c, d */
+/* The four sums of a, b, c, d, each ((v0+v1)+(v2+v3))+((v4+v5)+(v6+v7)):
+ * the one horizontal sum of the reduction order (see the file comment). */
 static KC_AVX2_INLINE __m128 kc_hsum4(__m256 a, __m256 b, __m256 c, __m256 d)
 {
     __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
     return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
+/* the sum of a alone, in kc_hsum4's order */
+static KC_AVX2_INLINE float kc_hsum1(__m256 a)
+{
+    return _mm_cvtss_f32(kc_hsum4(a, a, a, a));
+}
+
 /*
- * Where a tile's results go: y[t*ys + r*yr] for token t and row r of the
- * tile (yr = 1: adjacent rows; the streaming layout below puts the 4 rows of
- * a tile q rows apart). add: onto the partial sums of the previous chunks.
+ * The end of one reduction chunk of a tile: its partial sums (plus the
+ * scalar tail of the last chunk, when n_in % 8 != 0) go to y[t*ys + r*yr]
+ * for token t and row r of the tile (yr = 1: adjacent rows; the streaming
+ * layout below puts the 4 rows of a tile q rows apart). add: onto the sum
+ * of the previous chunks, as y + part.
  */
 static KC_AVX2_INLINE void kc_tile_store(int rm, int rn, __m256 acc[KC_RM][KC_RN], float *y, int ys,
                                          int yr, int add, const float tail[KC_RM][KC_RN])
@@ -284,7 +321,7 @@ static KC_AVX2_INLINE void kc_tile_store(int rm, int rn, __m256 acc[KC_RM][KC_RN
                 s = _mm_add_ps(s, _mm_setr_ps(tail[0][t], tail[1][t], tail[2][t], tail[3][t]));
             if (yr == 1) {
                 if (add)
-                    s = _mm_add_ps(s, _mm_loadu_ps(yt));
+                    s = _mm_add_ps(_mm_loadu_ps(yt), s);
                 _mm_storeu_ps(yt, s);
             } else {
                 float f[4];
@@ -294,7 +331,9 @@ static KC_AVX2_INLINE void kc_tile_store(int rm, int rn, __m256 acc[KC_RM][KC_RN
             }
         } else {
             for (int r = 0; r < rm; r++) {
-                float s = kc_hsum(acc[r][t]) + (tail ? tail[r][t] : 0.0f);
+                float s = kc_hsum1(acc[r][t]);
+                if (tail)
+                    s = s + tail[r][t];
                 yt[(size_t)r * yr] = add ? yt[(size_t)r * yr] + s : s;
             }
         }
@@ -302,108 +341,122 @@ static KC_AVX2_INLINE void kc_tile_store(int rm, int rn, __m256 acc[KC_RM][KC_RN
 }
 
 /* rm rows (from w, ws bytes apart) x rn tokens (from x, xs floats apart),
- * over [k0, k1) */
+ * over [k0, k1), k0 a multiple of KC_MM_K: chunk by chunk, each chunk's sum
+ * added to y as it ends */
 static KC_AVX2_INLINE void kc_tile_f(int type, int rm, int rn, const char *w, size_t ws,
                                      const float *x, int xs, float *y, int ys, int yr, int k0,
-                                     int k1, int add)
+                                     int k1)
 {
-    __m256 acc[KC_RM][KC_RN];
+    for (int c0 = k0; c0 < k1; c0 += KC_MM_K) {
+        const int c1 = c0 + KC_MM_K < k1 ? c0 + KC_MM_K : k1;
+        __m256 acc[KC_RM][KC_RN];
 #pragma GCC unroll 4
-    for (int r = 0; r < rm; r++)
-#pragma GCC unroll 3
-        for (int t = 0; t < rn; t++)
-            acc[r][t] = _mm256_setzero_ps();
-    int k = k0;
-    for (; k + 8 <= k1; k += 8) {
-        __m256 xv[KC_RN];
-#pragma GCC unroll 3
-        for (int t = 0; t < rn; t++)
-            xv[t] = _mm256_loadu_ps(x + (size_t)t * xs + k);
-#pragma GCC unroll 4
-        for (int r = 0; r < rm; r++) {
-            __m256 wv = kc_load_w8(type, w + r * ws, k);
-#pragma GCC unroll 3
-            for (int t = 0; t < rn; t++)
-                acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
-        }
-    }
-    if (k == k1) {
-        kc_tile_store(rm, rn, acc, y, ys, yr, add, NULL);
-        return;
-    }
-    /* n_in % 8 leftover values, only in the last chunk */
-    float tail[KC_RM][KC_RN] = {{0}};
-    for (; k < k1; k++)
         for (int r = 0; r < rm; r++)
+#pragma GCC unroll 3
             for (int t = 0; t < rn; t++)
-                tail[r][t] += kc_w1(type, w + r * ws, k) * x[(size_t)t * xs + k];
-    kc_tile_store(rm, rn, acc, y, ys, yr, add, tail);
+                acc[r][t] = _mm256_setzero_ps();
+        int k = c0;
+        for (; k + 8 <= c1; k += 8) {
+            __m256 xv[KC_RN];
+#pragma GCC unroll 3
+            for (int t = 0; t < rn; t++)
+                xv[t] = _mm256_loadu_ps(x + (size_t)t * xs + k);
+#pragma GCC unroll 4
+            for (int r = 0; r < rm; r++) {
+                __m256 wv = kc_load_w8(type, w + r * ws, k);
+#pragma GCC unroll 3
+                for (int t = 0; t < rn; t++)
+                    acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+            }
+        }
+        if (k == c1) {
+            kc_tile_store(rm, rn, acc, y, ys, yr, c0 > 0, NULL);
+            continue;
+        }
+        /* n_in % 8 leftover values, only in the last chunk */
+        float tail[KC_RM][KC_RN] = {{0}};
+        for (; k < c1; k++)
+            for (int r = 0; r < rm; r++)
+                for (int t = 0; t < rn; t++)
+                    tail[r][t] += kc_w1(type, w + r * ws, k) * x[(size_t)t * xs + k];
+        kc_tile_store(rm, rn, acc, y, ys, yr, c0 > 0, tail);
+    }
 }
 
-/* rm rows (ws bytes apart, results yr apart) x all tokens, over [k0, k1) */
+/* rm rows (ws bytes apart, results yr apart) x all tokens of m, over [k0, k1) */
 static KC_AVX2_INLINE void kc_tokens_f(int type, int rm, const struct kc_mm *m, const char *w,
-                                       size_t ws, float *y, int yr, int k0, int k1, int add)
+                                       size_t ws, float *y, int yr, int k0, int k1)
 {
     int t = 0;
     for (; t + KC_RN <= m->n_tokens; t += KC_RN)
         kc_tile_f(type, rm, KC_RN, w, ws, m->xf + (size_t)t * m->xs, m->xs,
-                  y + (size_t)t * m->n_out, m->n_out, yr, k0, k1, add);
+                  y + (size_t)t * m->n_out, m->n_out, yr, k0, k1);
     const float *x = m->xf + (size_t)t * m->xs;
     y += (size_t)t * m->n_out;
     switch (m->n_tokens - t) {
     case 2:
-        kc_tile_f(type, rm, 2, w, ws, x, m->xs, y, m->n_out, yr, k0, k1, add);
+        kc_tile_f(type, rm, 2, w, ws, x, m->xs, y, m->n_out, yr, k0, k1);
         break;
     case 1:
-        kc_tile_f(type, rm, 1, w, ws, x, m->xs, y, m->n_out, yr, k0, k1, add);
+        kc_tile_f(type, rm, 1, w, ws, x, m->xs, y, m->n_out, yr, k0, k1);
         break;
     }
 }
 
-/* Decode: 4 rows, q bytes apart, against one token, 2 accumulators each so
- * 8 FMA chains are in flight. */
+/*
+ * Decode: 4 rows, q bytes apart, against one token, all of n_in in one go;
+ * per row the same operations as kc_tile_f with rn = 1 (one accumulator per
+ * row and chunk), the sum of the chunks kept in a register instead of y.
+ * The former kernel gave each row 2 accumulators (8 FMA chains; an order of
+ * its own). With 4 chains the loop is latency-bound when the weights are in
+ * cache (F16, 1 thread, 768x256: 82 -> 58 GFLOP/s) but decode streams them
+ * from DRAM at a fraction of that (dim-768 model step, 1 thread, F16: 141-154
+ * tok/s before, 143-160 after). Tried and dropped: 8 rows x 1 accumulator
+ * from 8 eighths of the rows (78-82 GFLOP/s in cache, but the model step
+ * falls to 111-121 tok/s: 8 short streams), or from 4 quarters in pairs of
+ * adjacent rows (72 tok/s).
+ */
 static KC_AVX2_INLINE void kc_rows4_f(int type, const char *w, size_t q, const float *x, float *y,
                                       size_t yq, int n_in)
 {
-    __m256 acc[4][2];
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; r++)
-        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    int k = 0;
-    for (; k + 16 <= n_in; k += 16) {
-        const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
-#pragma GCC unroll 4
-        for (int r = 0; r < 4; r++) {
-            acc[r][0] = _mm256_fmadd_ps(kc_load_w8(type, w + r * q, k), x0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(kc_load_w8(type, w + r * q, k + 8), x1, acc[r][1]);
-        }
-    }
-    for (; k + 8 <= n_in; k += 8) {
-        const __m256 x0 = _mm256_loadu_ps(x + k);
+    __m128 sum = _mm_setzero_ps();
+    for (int c0 = 0; c0 < n_in; c0 += KC_MM_K) {
+        const int c1 = c0 + KC_MM_K < n_in ? c0 + KC_MM_K : n_in;
+        __m256 acc[4];
 #pragma GCC unroll 4
         for (int r = 0; r < 4; r++)
-            acc[r][0] = _mm256_fmadd_ps(kc_load_w8(type, w + r * q, k), x0, acc[r][0]);
+            acc[r] = _mm256_setzero_ps();
+        int k = c0;
+        for (; k + 16 <= c1; k += 16) {
+            const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++)
+                acc[r] = _mm256_fmadd_ps(kc_load_w8(type, w + r * q, k), x0, acc[r]);
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++)
+                acc[r] = _mm256_fmadd_ps(kc_load_w8(type, w + r * q, k + 8), x1, acc[r]);
+        }
+        for (; k + 8 <= c1; k += 8) {
+            const __m256 x0 = _mm256_loadu_ps(x + k);
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++)
+                acc[r] = _mm256_fmadd_ps(kc_load_w8(type, w + r * q, k), x0, acc[r]);
+        }
+        __m128 part = kc_hsum4(acc[0], acc[1], acc[2], acc[3]);
+        if (k < c1) { /* n_in % 8 leftover values, as in kc_tile_f */
+            float tail[4] = {0};
+            for (; k < c1; k++)
+                for (int r = 0; r < 4; r++)
+                    tail[r] += kc_w1(type, w + r * q, k) * x[k];
+            part = _mm_add_ps(part, _mm_setr_ps(tail[0], tail[1], tail[2], tail[3]));
+        }
+        sum = c0 == 0 ? part : _mm_add_ps(sum, part);
     }
     float s[4];
-    _mm_storeu_ps(
-        s, kc_hsum4(_mm256_add_ps(acc[0][0], acc[0][1]), _mm256_add_ps(acc[1][0], acc[1][1]),
-                    _mm256_add_ps(acc[2][0], acc[2][1]), _mm256_add_ps(acc[3][0], acc[3][1])));
+    _mm_storeu_ps(s, sum);
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; r++) {
-        float tail = 0.0f;
-        for (int kk = k; kk < n_in; kk++)
-            tail += kc_w1(type, w + r * q, kk) * x[kk];
-        y[r * yq] = s[r] + tail;
-    }
-}
-
-/* the n_in chunk: all tokens' x chunk fits KC_MM_CHUNK_FLOATS */
-static int kc_chunk(int n_tokens, int n_in, int align)
-{
-    int kc = KC_MM_CHUNK_FLOATS / n_tokens / align * align;
-    if (kc < 256)
-        kc = 256;
-    return kc >= n_in ? n_in : kc;
+    for (int r = 0; r < 4; r++)
+        y[r * yq] = s[r];
 }
 
 /*
@@ -416,6 +469,7 @@ static int kc_chunk(int n_tokens, int n_in, int align)
  * tok/s (32 GB/s); with 2 to 16 tokens quarters beat adjacent rows by
  * 1.3-2x as well. With many tokens (compute-bound, x chunked) adjacent rows
  * win: 4096x4096 F16 at 128 tokens, 2 threads, 175 against 145 GFLOP/s.
+ * The grouping of rows does not change any row's result.
  */
 struct kc_rowplan {
     int n_tiles; /* tiles of 4 rows */
@@ -432,23 +486,66 @@ static struct kc_rowplan kc_plan_rows(int n_tokens, int lo, int hi)
     return (struct kc_rowplan){n4, 4, 1, lo + 4 * n4};
 }
 
+/* Tokens [t0, t1) of m as a product of their own (y, x rows offset). */
+static struct kc_mm kc_token_block(const struct kc_mm *m, int t0, int t1)
+{
+    struct kc_mm b = *m;
+    b.n_tokens = t1 - t0;
+    b.y += (size_t)t0 * m->n_out;
+    if (m->type == KC_TYPE_Q8_0) {
+        b.xq += (size_t)t0 * m->xs;
+        b.xd += (size_t)t0 * (m->n_in / KC_QK8_0);
+    } else {
+        b.xf += (size_t)t0 * m->xs;
+    }
+    return b;
+}
+
+/* How many token blocks: at most KC_MM_BLOCK_TOKENS tokens each. */
+static int kc_token_blocks(int n_tokens)
+{
+    return (n_tokens + KC_MM_BLOCK_TOKENS - 1) / KC_MM_BLOCK_TOKENS;
+}
+
+/* The pass over n_in (in units of `chunk`, chunks of `unit` bytes per
+ * token): as many whole chunks as let all n_tokens' x fit KC_MM_CHUNK_BYTES */
+static int kc_pass(int n_tokens, int chunk, int unit)
+{
+    int n = KC_MM_CHUNK_BYTES / unit / n_tokens;
+    return (n < 1 ? 1 : n) * chunk;
+}
+
 static KC_AVX2_INLINE void kc_rows_f_avx2_t(int type, const struct kc_mm *m, int lo, int hi)
 {
-    const struct kc_rowplan rp = kc_plan_rows(m->n_tokens, lo, hi);
-    const int kc = kc_chunk(m->n_tokens, m->n_in, 32);
-    const size_t wstride = (size_t)rp.stride * m->ws;
-    for (int k0 = 0; k0 < m->n_in; k0 += kc) {
-        const int k1 = k0 + kc < m->n_in ? k0 + kc : m->n_in;
+    if (m->n_tokens == 1) {
+        const struct kc_rowplan rp = kc_plan_rows(1, lo, hi);
         for (int i = 0; i < rp.n_tiles; i++) {
             const int r = lo + i * rp.step;
-            const char *w = m->w + (size_t)r * m->ws;
-            if (m->n_tokens == 1 && kc == m->n_in)
-                kc_rows4_f(type, w, wstride, m->xf, m->y + r, (size_t)rp.stride, m->n_in);
-            else
-                kc_tokens_f(type, 4, m, w, wstride, m->y + r, rp.stride, k0, k1, k0 > 0);
+            kc_rows4_f(type, m->w + (size_t)r * m->ws, (size_t)rp.stride * m->ws, m->xf, m->y + r,
+                       (size_t)rp.stride, m->n_in);
         }
         for (int r = rp.rest; r < hi; r++)
-            kc_tokens_f(type, 1, m, m->w + (size_t)r * m->ws, m->ws, m->y + r, 1, k0, k1, k0 > 0);
+            kc_tokens_f(type, 1, m, m->w + (size_t)r * m->ws, m->ws, m->y + r, 1, 0, m->n_in);
+        return;
+    }
+    const int n_blocks = kc_token_blocks(m->n_tokens);
+    for (int bi = 0; bi < n_blocks; bi++) {
+        int t0, t1;
+        kc_pool_split(m->n_tokens, 1, n_blocks, bi, &t0, &t1);
+        const struct kc_mm b = kc_token_block(m, t0, t1);
+        const struct kc_rowplan rp = kc_plan_rows(b.n_tokens, lo, hi);
+        const int pass = kc_pass(b.n_tokens, KC_MM_K, KC_MM_K * 4);
+        const size_t wstride = (size_t)rp.stride * b.ws;
+        for (int k0 = 0; k0 < b.n_in; k0 += pass) {
+            const int k1 = k0 + pass < b.n_in ? k0 + pass : b.n_in;
+            for (int i = 0; i < rp.n_tiles; i++) {
+                const int r = lo + i * rp.step;
+                kc_tokens_f(type, 4, &b, b.w + (size_t)r * b.ws, wstride, b.y + r, rp.stride, k0,
+                            k1);
+            }
+            for (int r = rp.rest; r < hi; r++)
+                kc_tokens_f(type, 1, &b, b.w + (size_t)r * b.ws, b.ws, b.y + r, 1, k0, k1);
+        }
     }
 }
 
@@ -467,79 +564,87 @@ KC_AVX2 static void kc_rows_bf16_avx2(const struct kc_mm *m, int lo, int hi)
     kc_rows_f_avx2_t(KC_TYPE_BF16, m, lo, hi);
 }
 
-/* Q8_0: rm rows (ws bytes apart) x rn tokens over blocks [b0, b1) */
+/* Q8_0: rm rows (ws bytes apart) x rn tokens over blocks [b0, b1), b0 a
+ * multiple of KC_MM_KB, chunk by chunk as kc_tile_f */
 static KC_AVX2_INLINE void kc_tile_q8(int rm, int rn, const char *w, size_t ws, const int8_t *xq,
                                       int xs, const float *xd, int nb, float *y, int ys, int yr,
-                                      int b0, int b1, int add)
+                                      int b0, int b1)
 {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[KC_RM][KC_RN];
+    for (int c0 = b0; c0 < b1; c0 += KC_MM_KB) {
+        const int c1 = c0 + KC_MM_KB < b1 ? c0 + KC_MM_KB : b1;
+        __m256 acc[KC_RM][KC_RN];
 #pragma GCC unroll 4
-    for (int r = 0; r < rm; r++)
+        for (int r = 0; r < rm; r++)
 #pragma GCC unroll 3
-        for (int t = 0; t < rn; t++)
-            acc[r][t] = _mm256_setzero_ps();
-    for (int b = b0; b < b1; b++) {
+            for (int t = 0; t < rn; t++)
+                acc[r][t] = _mm256_setzero_ps();
+        for (int b = c0; b < c1; b++) {
 #pragma GCC unroll 4
-        for (int r = 0; r < rm; r++) {
-            const struct kc_block_q8_0 *blk = (const struct kc_block_q8_0 *)(w + r * ws) + b;
-            const __m256i qw = _mm256_loadu_si256((const __m256i *)blk->qs);
-            const __m256i aw = _mm256_abs_epi8(qw);
-            const __m256 dw = _mm256_set1_ps(_cvtsh_ss(blk->d));
+            for (int r = 0; r < rm; r++) {
+                const struct kc_block_q8_0 *blk = (const struct kc_block_q8_0 *)(w + r * ws) + b;
+                const __m256i qw = _mm256_loadu_si256((const __m256i *)blk->qs);
+                const __m256i aw = _mm256_abs_epi8(qw);
+                const __m256 dw = _mm256_set1_ps(_cvtsh_ss(blk->d));
 #pragma GCC unroll 3
-            for (int t = 0; t < rn; t++) {
-                const __m256i qx =
-                    _mm256_loadu_si256((const __m256i *)(xq + (size_t)t * xs + b * KC_QK8_0));
-                const __m256i p =
-                    _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw)), ones);
-                const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(xd[(size_t)t * nb + b]));
-                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[r][t]);
+                for (int t = 0; t < rn; t++) {
+                    const __m256i qx =
+                        _mm256_loadu_si256((const __m256i *)(xq + (size_t)t * xs + b * KC_QK8_0));
+                    const __m256i p =
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw)), ones);
+                    const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(xd[(size_t)t * nb + b]));
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[r][t]);
+                }
             }
         }
+        kc_tile_store(rm, rn, acc, y, ys, yr, c0 > 0, NULL);
     }
-    kc_tile_store(rm, rn, acc, y, ys, yr, add, NULL);
 }
 
 static KC_AVX2_INLINE void kc_tokens_q8(int rm, const struct kc_mm *m, const char *w, size_t ws,
-                                        float *y, int yr, int b0, int b1, int add)
+                                        float *y, int yr, int b0, int b1)
 {
     const int nb = m->n_in / KC_QK8_0;
     int t = 0;
     for (; t + KC_RN <= m->n_tokens; t += KC_RN)
         kc_tile_q8(rm, KC_RN, w, ws, m->xq + (size_t)t * m->xs, m->xs, m->xd + (size_t)t * nb, nb,
-                   y + (size_t)t * m->n_out, m->n_out, yr, b0, b1, add);
+                   y + (size_t)t * m->n_out, m->n_out, yr, b0, b1);
     const int8_t *xq = m->xq + (size_t)t * m->xs;
     const float *xd = m->xd + (size_t)t * nb;
     y += (size_t)t * m->n_out;
     switch (m->n_tokens - t) {
     case 2:
-        kc_tile_q8(rm, 2, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1, add);
+        kc_tile_q8(rm, 2, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1);
         break;
     case 1:
-        kc_tile_q8(rm, 1, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1, add);
+        kc_tile_q8(rm, 1, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1);
         break;
     }
 }
 
 KC_AVX2 static void kc_rows_q8_avx2(const struct kc_mm *m, int lo, int hi)
 {
-    /* rows as in kc_rows_f_avx2_t; the x chunk is int8, so the same bytes
-     * hold 4x the values of f32 */
-    const struct kc_rowplan rp = kc_plan_rows(m->n_tokens, lo, hi);
+    /* as kc_rows_f_avx2_t, decode included (a tile of 4 rows x 1 token
+     * keeps up with memory); the x chunk is int8, so the same bytes hold 4x
+     * the values of f32 */
     const int nb = m->n_in / KC_QK8_0;
-    const size_t wstride = (size_t)rp.stride * m->ws;
-    int kb = KC_MM_CHUNK_FLOATS * 4 / KC_QK8_0 / m->n_tokens;
-    if (kb < 8)
-        kb = 8;
-    for (int b0 = 0; b0 < nb; b0 += kb) {
-        const int b1 = b0 + kb < nb ? b0 + kb : nb;
-        for (int i = 0; i < rp.n_tiles; i++) {
-            const int r = lo + i * rp.step;
-            kc_tokens_q8(4, m, m->w + (size_t)r * m->ws, wstride, m->y + r, rp.stride, b0, b1,
-                         b0 > 0);
+    const int n_blocks = kc_token_blocks(m->n_tokens);
+    for (int bi = 0; bi < n_blocks; bi++) {
+        int t0, t1;
+        kc_pool_split(m->n_tokens, 1, n_blocks, bi, &t0, &t1);
+        const struct kc_mm b = kc_token_block(m, t0, t1);
+        const struct kc_rowplan rp = kc_plan_rows(b.n_tokens, lo, hi);
+        const int pass = kc_pass(b.n_tokens, KC_MM_KB, KC_MM_KB * KC_QK8_0);
+        const size_t wstride = (size_t)rp.stride * b.ws;
+        for (int b0 = 0; b0 < nb; b0 += pass) {
+            const int b1 = b0 + pass < nb ? b0 + pass : nb;
+            for (int i = 0; i < rp.n_tiles; i++) {
+                const int r = lo + i * rp.step;
+                kc_tokens_q8(4, &b, b.w + (size_t)r * b.ws, wstride, b.y + r, rp.stride, b0, b1);
+            }
+            for (int r = rp.rest; r < hi; r++)
+                kc_tokens_q8(1, &b, b.w + (size_t)r * b.ws, b.ws, b.y + r, 1, b0, b1);
         }
-        for (int r = rp.rest; r < hi; r++)
-            kc_tokens_q8(1, m, m->w + (size_t)r * m->ws, m->ws, m->y + r, 1, b0, b1, b0 > 0);
     }
 }
 #endif /* KC_X86 */

@@ -17,7 +17,12 @@
  * - Prefill (n_tokens > 1) is compute-bound: tiles of 4 weight rows x 3
  *   tokens of register accumulators, the reduction dimension cut into
  *   chunks so the chunk of x for all tokens stays in L2 and the 4 rows'
- *   chunk in L1; every weight byte is read from memory once per call.
+ *   chunk in L1; every weight byte is read from memory once per call (per
+ *   block of 128 tokens).
+ * - Batch invariance: y[t] depends on x[t] and W alone, bit for bit, not on
+ *   n_tokens, t, the thread count or which kernel ran (each ISA path has one
+ *   reduction order per n_in; matmul.c describes it). The scalar and AVX2
+ *   paths differ from each other in the last bits.
  */
 #pragma once
 

@@ -212,18 +212,29 @@ KC_AVX2 static void kc_rope_avx2(float *x, int n_heads, int head_dim, const floa
     }
 }
 
+static KC_AVX2_INLINE __m256 kc_swiglu8(__m256 g, __m256 u)
+{
+    const __m256 e = kc_exp8(_mm256_xor_ps(g, _mm256_set1_ps(-0.0f)));
+    return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
+}
+
 KC_AVX2 static void kc_swiglu_avx2(float *out, const float *gate, const float *up, int n)
 {
-    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
     int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 g = _mm256_loadu_ps(gate + i);
-        __m256 e = kc_exp8(_mm256_xor_ps(g, sign));
-        __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, kc_swiglu8(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i)));
+    if (i < n) {
+        /* the tail through kc_exp8 too: a value's result must not depend on
+         * where it sits in the row (the batch's size decides that) */
+        float g8[8] = {0}, u8[8] = {0};
+        for (int j = i; j < n; j++) {
+            g8[j - i] = gate[j];
+            u8[j - i] = up[j];
+        }
+        _mm256_storeu_ps(g8, kc_swiglu8(_mm256_loadu_ps(g8), _mm256_loadu_ps(u8)));
+        for (int j = i; j < n; j++)
+            out[j] = g8[j - i];
     }
-    if (i < n)
-        kc_swiglu_ref(out + i, gate + i, up + i, n - i);
 }
 
 KC_AVX2 static void kc_softmax_avx2(float *x, int n)

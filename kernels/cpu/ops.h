@@ -37,7 +37,8 @@ void kc_rope(float *x, int n_heads, int head_dim, const float *cs);
 void kc_rope_ref(float *x, int n_heads, int head_dim, const float *cs);
 
 /* out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)); out may
- * equal gate or up. */
+ * equal gate or up. out[i] depends on gate[i] and up[i] alone, not on i or
+ * n (the forward pass calls it on a whole batch). */
 void kc_swiglu(float *out, const float *gate, const float *up, int n);
 void kc_swiglu_ref(float *out, const float *gate, const float *up, int n);
 
