@@ -432,6 +432,53 @@ static void test_a_cancelled_job_leaves_the_worker(void **state)
     json_decref(j);
 }
 
+/* The real worker's deltas, streamed: a client that reads part, hangs up and
+ * resumes with Last-Event-ID gets every delta once, and each sample's deltas
+ * add up to its final text, whole characters only. */
+static void test_streamed_deltas_resume_and_add_up_to_the_text(void **state)
+{
+    (void)state;
+    start_worker(small, NULL);
+    assert_int_equal(stack_wait_health(&st, 200, 20000), 0);
+    struct http_response r;
+    api_post(&st, "/jobs",
+             "{\"text\": \"Once upon a time\", \"max_tokens\": 200, \"num_samples\": 2, "
+             "\"temperature\": 0.7, \"seed\": 3}",
+             NULL, &r);
+    assert_int_equal(r.status, 202);
+    json_t *o = api_json(&r);
+    char id[80];
+    snprintf(id, sizeof(id), "%s", api_str(o, "id"));
+    json_decref(o);
+    http_response_fini(&r);
+
+    size_t some = 5;
+    struct http_response first, rest;
+    api_stream(&st, NULL, id, NULL, api_sse_stop_after_deltas, &some, 60000, &first);
+    struct api_sse a, b;
+    api_assert_stream(&first, &a);
+    assert_true(a.n >= 2);
+    assert_string_equal(a.ev[a.n - 1].event, "delta");
+    api_stream(&st, NULL, id, a.ev[a.n - 1].id, NULL, NULL, 60000, &rest);
+    api_assert_stream(&rest, &b);
+    assert_string_equal(b.ev[b.n - 1].event, "done");
+    json_t *done = api_sse_json(&b.ev[b.n - 1]);
+    for (int i = 0; i < 2; i++) {
+        static char got[65536];
+        got[0] = '\0';
+        int n = api_sse_concat(&a, i, got, sizeof(got));
+        n += api_sse_concat(&b, i, got, sizeof(got));
+        assert_true(n >= 1);
+        assert_string_equal(got, sample_text(done, i));
+    }
+    printf("streamed: %zu + %zu events; deltas add up to both samples' text\n", a.n, b.n);
+    json_decref(done);
+    api_sse_fini(&a);
+    api_sse_fini(&b);
+    http_response_fini(&first);
+    http_response_fini(&rest);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -442,6 +489,8 @@ int main(void)
         cmocka_unit_test_teardown(test_a_worker_killed_mid_generation_loses_nothing, case_teardown),
         cmocka_unit_test_teardown(test_sigterm_on_a_busy_worker_hands_its_jobs_back, case_teardown),
         cmocka_unit_test_teardown(test_a_cancelled_job_leaves_the_worker, case_teardown),
+        cmocka_unit_test_teardown(test_streamed_deltas_resume_and_add_up_to_the_text,
+                                  case_teardown),
     };
     return cmocka_run_group_tests_name("serve", tests, group_setup, group_teardown);
 }
