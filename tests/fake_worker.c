@@ -86,6 +86,7 @@ struct fake_opts {
     long long worker_ttl_ms;
     long long delay_ms;
     long long delta_ms;
+    int stream; /* append the pieces to the job's stream (off: results only) */
     int shuffle;
 };
 
@@ -450,7 +451,7 @@ static void emit_due(struct fake *f, int64_t now)
         }
         upto[i] = k;
     }
-    if (queue_stream_append(f->q, d, (int)n) == 0) {
+    if (!f->o.stream || queue_stream_append(f->q, d, (int)n) == 0) {
         int64_t wall = (int64_t)(clock_wall_s() * 1e3);
         for (int i = 0; i < f->n_jobs; i++) {
             struct fake_job *j = &f->jobs[i];
@@ -753,6 +754,8 @@ int main(int argc, char **argv)
         {"delta-ms", "MILLRACE_FAKE_DELTA_MS", CONFIG_INT, &f.o.delta_ms, "10", 0, 600000, "MS",
          "Shortest time between two streamed pieces of a job (each sample's text goes out in "
          "4 pieces; 0: all at once)."},
+        {"stream", "MILLRACE_FAKE_STREAM", CONFIG_BOOL, &f.o.stream, "true", 0, 0, NULL,
+         "Write the pieces to the jobs' streams (false: results only, for benchmarks)."},
         {"shuffle", "MILLRACE_FAKE_SHUFFLE", CONFIG_BOOL, &f.o.shuffle, "false", 0, 0, NULL,
          "Finish the jobs that fall due together in a random order."},
         {"log-level", "MILLRACE_FAKE_LOG_LEVEL", CONFIG_STRING, &f.o.log_level, "info", 0, 0,

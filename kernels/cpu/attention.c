@@ -325,7 +325,7 @@ static void kc_attn_range(float *out, const float *q, const uint16_t *const *k_b
     assert(n_kv_heads >= 1 && n_heads % n_kv_heads == 0);
     assert(kv0 >= 0 && kv0 < kv1 && kv1 <= n_kv_heads);
 #ifdef KC_X86
-    if (kc_cpu_isa() == KC_ISA_AVX2 && head_dim % 8 == 0) {
+    if (kc_cpu_isa() >= KC_ISA_AVX2 && head_dim % 8 == 0) {
         kc_attn_range_avx2(out, q, k_blocks, v_blocks, block_size, first_pos, last_pos, n_heads,
                            n_kv_heads, head_dim, scale, kv0, kv1);
         return;

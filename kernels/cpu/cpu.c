@@ -28,8 +28,27 @@ int kc_cpu_supports(enum kc_isa isa)
 #else
         return 0;
 #endif
+    case KC_ISA_AVX512VNNI:
+#if defined(__x86_64__) || defined(__i386__)
+        /* the AVX-512 bits too are only set where XCR0 has the opmask and
+         * zmm state enabled */
+        return kc_cpu_supports(KC_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vnni");
+#else
+        return 0;
+#endif
     }
     return 0;
+}
+
+/* the best path the CPU has, up to `want` */
+static enum kc_isa kc_cpu_best(enum kc_isa want)
+{
+    for (int isa = (int)want; isa > KC_ISA_SCALAR; isa--)
+        if (kc_cpu_supports((enum kc_isa)isa))
+            return (enum kc_isa)isa;
+    return KC_ISA_SCALAR;
 }
 
 static enum kc_isa kc_cpu_detect(void)
@@ -37,7 +56,9 @@ static enum kc_isa kc_cpu_detect(void)
     const char *env = getenv("MILLRACE_CPU");
     if (env && strcmp(env, "scalar") == 0)
         return KC_ISA_SCALAR;
-    return kc_cpu_supports(KC_ISA_AVX2) ? KC_ISA_AVX2 : KC_ISA_SCALAR;
+    if (env && strcmp(env, "avx2") == 0)
+        return kc_cpu_best(KC_ISA_AVX2);
+    return kc_cpu_best(KC_ISA_AVX512VNNI);
 }
 
 enum kc_isa kc_cpu_isa(void)
@@ -60,5 +81,13 @@ int kc_cpu_set_isa(enum kc_isa isa)
 
 const char *kc_cpu_isa_name(enum kc_isa isa)
 {
-    return isa == KC_ISA_AVX2 ? "avx2" : "scalar";
+    switch (isa) {
+    case KC_ISA_SCALAR:
+        return "scalar";
+    case KC_ISA_AVX2:
+        return "avx2";
+    case KC_ISA_AVX512VNNI:
+        return "avx512vnni";
+    }
+    return "?";
 }

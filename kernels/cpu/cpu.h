@@ -2,18 +2,27 @@
  * cpu: which instruction set the CPU kernels use, chosen once at run time.
  *
  * Key decision: one binary for every x86-64 CPU. The fast paths are compiled
- * with __attribute__((target("avx2,fma,f16c"))) on the functions themselves
- * (never -mavx2 for the whole build), and each public kernel branches on
- * kc_cpu_isa() to either them or the plain scalar code, which is also the
- * reference the tests compare against. MILLRACE_CPU=scalar in the
- * environment forces the scalar path (MILLRACE_CPU=avx2 asks for AVX2 and
- * falls back to scalar where the CPU lacks it).
+ * with __attribute__((target("avx2,fma,f16c"))) (and for VNNI
+ * "...,avx512f,avx512vl,avx512bw,avx512vnni") on the functions themselves
+ * (never -mavx2 or -mavx512* for the whole build), and each public kernel
+ * branches on kc_cpu_isa() to either them or the plain scalar code, which is
+ * also the reference the tests compare against.
+ *
+ * The values are ordered: each one includes the ones before it, so a kernel
+ * with an AVX2 path takes it when kc_cpu_isa() >= KC_ISA_AVX2. Only the
+ * Q8_0 matmul has a KC_ISA_AVX512VNNI path of its own, bit for bit equal to
+ * its AVX2 path (see matmul.c); everything else runs its AVX2 code there.
+ *
+ * MILLRACE_CPU in the environment forces a path: "scalar", "avx2" (the
+ * AVX2 kernels without VNNI) or "avx512vnni"; a path the CPU lacks falls
+ * back to the best one below it, and an unknown value is ignored.
  */
 #pragma once
 
 enum kc_isa {
-    KC_ISA_SCALAR = 0, /* portable C, the reference */
-    KC_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
+    KC_ISA_SCALAR = 0,     /* portable C, the reference */
+    KC_ISA_AVX2 = 1,       /* AVX2 + FMA + F16C */
+    KC_ISA_AVX512VNNI = 2, /* AVX2 + AVX512F/VL/BW + AVX512_VNNI (Q8_0 dot products) */
 };
 
 /*
@@ -32,5 +41,5 @@ int kc_cpu_supports(enum kc_isa isa);
  */
 int kc_cpu_set_isa(enum kc_isa isa);
 
-/* "scalar" or "avx2". */
+/* "scalar", "avx2" or "avx512vnni". */
 const char *kc_cpu_isa_name(enum kc_isa isa);

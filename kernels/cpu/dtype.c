@@ -266,7 +266,7 @@ KC_AVX2 static void kc_dequant_q8_0_avx2(float *out, const struct kc_block_q8_0 
 static int kc_use_avx2(void)
 {
 #ifdef KC_X86
-    return kc_cpu_isa() == KC_ISA_AVX2;
+    return kc_cpu_isa() >= KC_ISA_AVX2;
 #else
     return 0;
 #endif

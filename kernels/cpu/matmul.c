@@ -303,40 +303,53 @@ static KC_AVX2_INLINE float kc_hsum1(__m256 a)
 }
 
 /*
- * The end of one reduction chunk of a tile: its partial sums (plus the
- * scalar tail of the last chunk, when n_in % 8 != 0) go to y[t*ys + r*yr]
- * for token t and row r of the tile (yr = 1: adjacent rows; the streaming
- * layout below puts the 4 rows of a tile q rows apart). add: onto the sum
- * of the previous chunks, as y + part.
+ * The end of one reduction chunk for one token of a tile: the partial sums
+ * a[r] of its rm rows (plus the scalar tail of the last chunk, when n_in %
+ * 8 != 0) go to yt[r*yr] (yr = 1: adjacent rows; the streaming layout below
+ * puts the 4 rows of a tile q rows apart). add: onto the sum of the
+ * previous chunks, as y + part.
  */
+static KC_AVX2_INLINE void kc_token_store(int rm, const __m256 *a, float *yt, int yr, int add,
+                                          const float *tail)
+{
+    if (rm == 4) {
+        __m128 s = kc_hsum4(a[0], a[1], a[2], a[3]);
+        if (tail)
+            s = _mm_add_ps(s, _mm_loadu_ps(tail));
+        if (yr == 1) {
+            if (add)
+                s = _mm_add_ps(_mm_loadu_ps(yt), s);
+            _mm_storeu_ps(yt, s);
+        } else {
+            float f[4];
+            _mm_storeu_ps(f, s);
+            for (int r = 0; r < 4; r++)
+                yt[(size_t)r * yr] = add ? yt[(size_t)r * yr] + f[r] : f[r];
+        }
+    } else {
+        for (int r = 0; r < rm; r++) {
+            float s = kc_hsum1(a[r]);
+            if (tail)
+                s = s + tail[r];
+            yt[(size_t)r * yr] = add ? yt[(size_t)r * yr] + s : s;
+        }
+    }
+}
+
+/* kc_token_store for the rn tokens of a tile, y[t*ys + r*yr] */
 static KC_AVX2_INLINE void kc_tile_store(int rm, int rn, __m256 acc[KC_RM][KC_RN], float *y, int ys,
                                          int yr, int add, const float tail[KC_RM][KC_RN])
 {
 #pragma GCC unroll 3
     for (int t = 0; t < rn; t++) {
-        float *yt = y + (size_t)t * ys;
-        if (rm == 4) {
-            __m128 s = kc_hsum4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
-            if (tail)
-                s = _mm_add_ps(s, _mm_setr_ps(tail[0][t], tail[1][t], tail[2][t], tail[3][t]));
-            if (yr == 1) {
-                if (add)
-                    s = _mm_add_ps(_mm_loadu_ps(yt), s);
-                _mm_storeu_ps(yt, s);
-            } else {
-                float f[4];
-                _mm_storeu_ps(f, s);
-                for (int r = 0; r < 4; r++)
-                    yt[(size_t)r * yr] = add ? yt[(size_t)r * yr] + f[r] : f[r];
-            }
-        } else {
-            for (int r = 0; r < rm; r++) {
-                float s = kc_hsum1(acc[r][t]);
-                if (tail)
-                    s = s + tail[r][t];
-                yt[(size_t)r * yr] = add ? yt[(size_t)r * yr] + s : s;
-            }
+        __m256 a[KC_RM];
+        float tl[KC_RM];
+#pragma GCC unroll 4
+        for (int r = 0; r < rm; r++) {
+            a[r] = acc[r][t];
+            tl[r] = tail ? tail[r][t] : 0.0f;
         }
+        kc_token_store(rm, a, y + (size_t)t * ys, yr, add, tail ? tl : NULL);
     }
 }
 
@@ -622,7 +635,22 @@ static KC_AVX2_INLINE void kc_tokens_q8(int rm, const struct kc_mm *m, const cha
     }
 }
 
-KC_AVX2 static void kc_rows_q8_avx2(const struct kc_mm *m, int lo, int hi)
+/* kc_tokens_q8 for rm = 4 or 1, compiled for AVX2 */
+KC_AVX2 static void kc_tokens_q8_avx2(int rm, const struct kc_mm *m, const char *w, size_t ws,
+                                      float *y, int yr, int b0, int b1)
+{
+    if (rm == 4)
+        kc_tokens_q8(4, m, w, ws, y, yr, b0, b1);
+    else
+        kc_tokens_q8(1, m, w, ws, y, yr, b0, b1);
+}
+
+/* A Q8_0 kernel for rm = 4 (rows ws bytes apart) or 1 rows x all the tokens
+ * of m over blocks [b0, b1): kc_tokens_q8_avx2 or kc_tokens_q8_vnni. */
+typedef void (*kc_q8_tokens_fn)(int rm, const struct kc_mm *m, const char *w, size_t ws, float *y,
+                                int yr, int b0, int b1);
+
+static void kc_rows_q8(const struct kc_mm *m, int lo, int hi, kc_q8_tokens_fn tokens)
 {
     /* as kc_rows_f_avx2_t, decode included (a tile of 4 rows x 1 token
      * keeps up with memory); the x chunk is int8, so the same bytes hold 4x
@@ -640,12 +668,129 @@ KC_AVX2 static void kc_rows_q8_avx2(const struct kc_mm *m, int lo, int hi)
             const int b1 = b0 + pass < nb ? b0 + pass : nb;
             for (int i = 0; i < rp.n_tiles; i++) {
                 const int r = lo + i * rp.step;
-                kc_tokens_q8(4, &b, b.w + (size_t)r * b.ws, wstride, b.y + r, rp.stride, b0, b1);
+                tokens(4, &b, b.w + (size_t)r * b.ws, wstride, b.y + r, rp.stride, b0, b1);
             }
             for (int r = rp.rest; r < hi; r++)
-                kc_tokens_q8(1, &b, b.w + (size_t)r * b.ws, b.ws, b.y + r, 1, b0, b1);
+                tokens(1, &b, b.w + (size_t)r * b.ws, b.ws, b.y + r, 1, b0, b1);
         }
     }
+}
+
+#define KC_VNNI_TARGET "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"
+#define KC_VNNI        __attribute__((target(KC_VNNI_TARGET)))
+#define KC_VNNI_INLINE __attribute__((target(KC_VNNI_TARGET), always_inline)) inline
+
+#ifndef KC_Q8V
+#define KC_Q8V 2
+#endif
+#ifndef KC_VRN
+#define KC_VRN 3
+#endif
+#ifndef KC_VRM
+#define KC_VRM 4
+#endif
+
+static KC_VNNI_INLINE void kc_tile_q8_vnni(int rm, int rn, const char *w, size_t ws,
+                                           const int8_t *xq, int xs, const float *xd, int nb,
+                                           float *y, int ys, int yr, int b0, int b1)
+{
+    const __m256i off = _mm256_set1_epi8((char)0x80);
+    for (int c0 = b0; c0 < b1; c0 += KC_MM_KB) {
+        const int c1 = c0 + KC_MM_KB < b1 ? c0 + KC_MM_KB : b1;
+        __m256 acc[KC_VRM][KC_VRN];
+#pragma GCC unroll 8
+        for (int r = 0; r < rm; r++)
+#pragma GCC unroll 8
+            for (int t = 0; t < rn; t++)
+                acc[r][t] = _mm256_setzero_ps();
+        for (int b = c0; b < c1; b++) {
+            __m256i xv[KC_VRN];
+#pragma GCC unroll 8
+            for (int t = 0; t < rn; t++) {
+                xv[t] = _mm256_loadu_si256((const __m256i *)(xq + (size_t)t * xs + b * KC_QK8_0));
+#if KC_Q8V == 2
+                xv[t] = _mm256_xor_si256(xv[t], off);
+#endif
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < rm; r++) {
+                const struct kc_block_q8_0 *blk = (const struct kc_block_q8_0 *)(w + r * ws) + b;
+                const __m256i qw = _mm256_loadu_si256((const __m256i *)blk->qs);
+                const __m256 dw = _mm256_set1_ps(_cvtsh_ss(blk->d));
+#if KC_Q8V == 2
+                const __m256i corr = _mm256_sub_epi32(
+                    _mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, qw));
+#else
+                const __m256i aw = _mm256_abs_epi8(qw);
+#endif
+#pragma GCC unroll 8
+                for (int t = 0; t < rn; t++) {
+#if KC_Q8V == 2
+                    const __m256i p = _mm256_dpbusd_epi32(corr, xv[t], qw);
+#else
+                    const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw,
+                                                          _mm256_sign_epi8(xv[t], qw));
+#endif
+                    const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(xd[(size_t)t * nb + b]));
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[r][t]);
+                }
+            }
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < rn; t++) {
+            __m256 a[KC_VRM];
+#pragma GCC unroll 4
+            for (int r = 0; r < rm; r++)
+                a[r] = acc[r][t];
+            kc_token_store(rm, a, y + (size_t)t * ys, yr, c0 > 0, NULL);
+        }
+    }
+}
+
+static KC_VNNI_INLINE void kc_tokens_q8_vnni_t(int rm, const struct kc_mm *m, const char *w,
+                                               size_t ws, float *y, int yr, int b0, int b1)
+{
+    const int nb = m->n_in / KC_QK8_0;
+    int t = 0;
+    for (; t + KC_VRN <= m->n_tokens; t += KC_VRN)
+        kc_tile_q8_vnni(rm, KC_VRN, w, ws, m->xq + (size_t)t * m->xs, m->xs,
+                        m->xd + (size_t)t * nb, nb, y + (size_t)t * m->n_out, m->n_out, yr, b0,
+                        b1);
+    const int8_t *xq = m->xq + (size_t)t * m->xs;
+    const float *xd = m->xd + (size_t)t * nb;
+    y += (size_t)t * m->n_out;
+    switch (m->n_tokens - t) {
+#if KC_VRN > 5
+    case 5:
+        kc_tile_q8_vnni(rm, 5, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1);
+        break;
+#endif
+#if KC_VRN > 4
+    case 4:
+        kc_tile_q8_vnni(rm, 4, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1);
+        break;
+#endif
+#if KC_VRN > 3
+    case 3:
+        kc_tile_q8_vnni(rm, 3, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1);
+        break;
+#endif
+    case 2:
+        kc_tile_q8_vnni(rm, 2, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1);
+        break;
+    case 1:
+        kc_tile_q8_vnni(rm, 1, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1);
+        break;
+    }
+}
+
+KC_VNNI static void kc_tokens_q8_vnni(int rm, const struct kc_mm *m, const char *w, size_t ws,
+                                      float *y, int yr, int b0, int b1)
+{
+    if (rm == 4)
+        kc_tokens_q8_vnni_t(4, m, w, ws, y, yr, b0, b1);
+    else
+        kc_tokens_q8_vnni_t(1, m, w, ws, y, yr, b0, b1);
 }
 #endif /* KC_X86 */
 
@@ -657,7 +802,8 @@ static void kc_mm_thread(void *ctx, int i, int n)
     if (lo >= hi)
         return;
 #ifdef KC_X86
-    if (kc_cpu_isa() == KC_ISA_AVX2) {
+    const enum kc_isa isa = kc_cpu_isa();
+    if (isa >= KC_ISA_AVX2) {
         switch (m->type) {
         case KC_TYPE_F32:
             kc_rows_f32_avx2(m, lo, hi);
@@ -669,7 +815,7 @@ static void kc_mm_thread(void *ctx, int i, int n)
             kc_rows_bf16_avx2(m, lo, hi);
             return;
         case KC_TYPE_Q8_0:
-            kc_rows_q8_avx2(m, lo, hi);
+            kc_rows_q8(m, lo, hi, isa == KC_ISA_AVX512VNNI ? kc_tokens_q8_vnni : kc_tokens_q8_avx2);
             return;
         }
     }

@@ -26,7 +26,7 @@
 static int kc_avx2(void)
 {
 #ifdef KC_X86
-    return kc_cpu_isa() == KC_ISA_AVX2;
+    return kc_cpu_isa() >= KC_ISA_AVX2;
 #else
     return 0;
 #endif
