@@ -11,7 +11,9 @@
  *   attention and the element-wise ops.
  *   matmul (prefill, 128 tokens): GFLOP/s.
  *   matmul by tokens per call (2 to 512, 2 threads): GFLOP/s, the few-token
- *   steps of continuous batching and the token blocks of long prefills.
+ *   steps of continuous batching and the token blocks of long prefills; on
+ *   the avx512vnni path Q8_0 also on the AVX2 path ("q8_0/avx2"), row after
+ *   row in the same run, for a comparison the machine's noise affects less.
  *   pool: the cost of one kc_pool_run of an empty function, with the
  *   workers spinning (back-to-back runs) and asleep (after 2 ms idle).
  *
@@ -247,7 +249,8 @@ static void bench_matmul_tokens(struct kc_pool *pool, struct kc_scratch *s, int 
     };
     static const int counts[] = {2, 7, 16, 17, 64, 128, 129, 256, 512};
     printf("\nmatmul by tokens per call, 2 threads: GFLOP/s\n");
-    printf("%-12s %-5s", "shape", "type");
+    const int vnni = kc_cpu_isa() == KC_ISA_AVX512VNNI;
+    printf("%-12s %-9s", "shape", "type");
     for (size_t c = 0; c < sizeof counts / sizeof *counts; c++)
         printf(" %6d", counts[c]);
     printf("\n");
@@ -259,20 +262,28 @@ static void bench_matmul_tokens(struct kc_pool *pool, struct kc_scratch *s, int 
             x[j] = (float)(rnd() >> 8) / (1 << 24) - 0.5f;
         for (int t = 0; t < N_TYPES; t++) {
             unsigned char *w = alloc_weights(types[t], kc_type_row_size(types[t], n_in) * n_out);
-            printf("%-12s %-5s", shapes[i].name, kc_type_name(types[t]));
-            for (size_t c = 0; c < sizeof counts / sizeof *counts; c++) {
-                const int nt = counts[c];
-                double best = 1e9;
-                for (int rep = 0; rep < 5; rep++) {
-                    double t0 = now();
-                    kc_matmul(pool, y, x, w, types[t], nt, n_in, n_out, s);
-                    double sec = now() - t0;
-                    best = sec < best ? sec : best;
+            const int n_paths = types[t] == KC_TYPE_Q8_0 && vnni ? 2 : 1;
+            for (int path = 0; path < n_paths; path++) {
+                if (path == 1)
+                    kc_cpu_set_isa(KC_ISA_AVX2);
+                printf("%-12s %-9s", shapes[i].name,
+                       path == 1 ? "q8_0/avx2" : kc_type_name(types[t]));
+                for (size_t c = 0; c < sizeof counts / sizeof *counts; c++) {
+                    const int nt = counts[c];
+                    double best = 1e9;
+                    for (int rep = 0; rep < 5; rep++) {
+                        double t0 = now();
+                        kc_matmul(pool, y, x, w, types[t], nt, n_in, n_out, s);
+                        double sec = now() - t0;
+                        best = sec < best ? sec : best;
+                    }
+                    printf(" %6.1f", 2.0 * nt * n_in * n_out / best / 1e9);
                 }
-                printf(" %6.1f", 2.0 * nt * n_in * n_out / best / 1e9);
+                printf("\n");
+                fflush(stdout);
+                if (path == 1)
+                    kc_cpu_set_isa(KC_ISA_AVX512VNNI);
             }
-            printf("\n");
-            fflush(stdout);
             free(w);
         }
         free(x);

@@ -1,7 +1,9 @@
 /*
- * Tests for kernels/cpu: every kernel against a plain reference, on both
- * dispatch paths (scalar and AVX2; the AVX2 half says "skipped" on a CPU
- * without it).
+ * Tests for kernels/cpu: every kernel against a plain reference, on every
+ * dispatch path (scalar, AVX2 and AVX512VNNI; a path the CPU lacks says
+ * "skipped"). AVX512VNNI has its own kernel only for Q8_0 matmuls, which
+ * must equal the AVX2 path's bit for bit (everything else runs the AVX2
+ * code there).
  *
  * Tolerances, with u = 2^-24 (f32 unit roundoff):
  * - conversions (fp16, bf16, Q8_0 quantization, RoPE, add): exact, bit for
@@ -87,8 +89,8 @@ static void *xmalloc(size_t n)
     return p;
 }
 
-static const enum kc_isa all_isas[] = {KC_ISA_SCALAR, KC_ISA_AVX2};
-#define N_ISAS 2
+static const enum kc_isa all_isas[] = {KC_ISA_SCALAR, KC_ISA_AVX2, KC_ISA_AVX512VNNI};
+#define N_ISAS 3
 
 /* Select isa; returns 0 (and says so once per test) when the CPU lacks it. */
 static int use_isa(enum kc_isa isa)
@@ -105,10 +107,19 @@ static int group_setup(void **state)
     return 0;
 }
 
+/* the best path this CPU has */
+static enum kc_isa best_isa(void)
+{
+    for (int k = N_ISAS - 1; k > 0; k--)
+        if (kc_cpu_supports(all_isas[k]))
+            return all_isas[k];
+    return KC_ISA_SCALAR;
+}
+
 static int group_teardown(void **state)
 {
     (void)state;
-    kc_cpu_set_isa(kc_cpu_supports(KC_ISA_AVX2) ? KC_ISA_AVX2 : KC_ISA_SCALAR);
+    kc_cpu_set_isa(best_isa());
     return 0;
 }
 
@@ -664,11 +675,14 @@ static void test_matmul_matches_double_reference(void **state)
             free(x);
             free(y);
         }
-        print_message("    %-4s largest error: scalar %.2f, avx2 %.2f (units of u*sum|terms|)\n",
-                      kc_type_name(type), worst[0], worst[1]);
+        print_message("    %-4s largest error: scalar %.2f, avx2 %.2f, avx512vnni %.2f (units of "
+                      "u*sum|terms|)\n",
+                      kc_type_name(type), worst[0], worst[1], worst[2]);
     }
-    if (!kc_cpu_supports(KC_ISA_AVX2))
-        print_message("    avx2 skipped: not supported by this CPU\n");
+    for (int k = 1; k < N_ISAS; k++)
+        if (!kc_cpu_supports(all_isas[k]))
+            print_message("    %s skipped: not supported by this CPU\n",
+                          kc_cpu_isa_name(all_isas[k]));
     kc_scratch_destroy(s);
     kc_pool_destroy(pool);
 }
@@ -805,6 +819,63 @@ static void test_matmul_prepared_reuses_converted_x(void **state)
         free(wb);
     }
     kc_scratch_destroy(s);
+}
+
+/*
+ * The VNNI Q8_0 kernel makes the same int32 block sums as the AVX2 one and
+ * the same f32 operations in the same order, so y must be the same bits:
+ * every Q8_0 shape of mm_shapes, plus every token count up to 17 (tiles of
+ * 1 to 5 tokens, dealt evenly) and n_in whose blocks end inside a table of
+ * 16 or 8 scale products (n_in / 32 = 3, 13, 129: 128 + 1 over two chunks),
+ * on 2 threads; weights include -128 and x the patterns of fill_test_row.
+ */
+static void test_matmul_q8_0_vnni_equals_avx2_bitwise(void **state)
+{
+    (void)state;
+    if (!kc_cpu_supports(KC_ISA_AVX512VNNI) || !kc_cpu_supports(KC_ISA_AVX2)) {
+        print_message("    skipped: avx512vnni not supported by this CPU\n");
+        skip();
+    }
+    enum { MAXT = 128, MAXIN = 8224, NEXTRA = 17 * 3 };
+    struct mm_shape shapes[sizeof mm_shapes / sizeof *mm_shapes + NEXTRA];
+    int n_shapes = 0;
+    for (size_t si = 0; si < sizeof mm_shapes / sizeof *mm_shapes; si++)
+        if (mm_shapes[si].n_in % 32 == 0)
+            shapes[n_shapes++] = mm_shapes[si];
+    static const int extra_in[] = {96, 416, 4128};
+    for (int i = 0; i < 3; i++)
+        for (int nt = 1; nt <= 17; nt++)
+            shapes[n_shapes++] = (struct mm_shape){extra_in[i], 4 * i + 7, nt};
+    struct kc_pool *pool;
+    struct kc_scratch *s;
+    assert_int_equal(kc_pool_create(&pool, 2), 0);
+    assert_int_equal(kc_scratch_create(&s, MAXT, MAXIN), 0);
+    rng_seed(23);
+    for (int si = 0; si < n_shapes; si++) {
+        const struct mm_shape sh = shapes[si];
+        void *w = make_weights(KC_TYPE_Q8_0, sh.n_in, sh.n_out);
+        const size_t ny = (size_t)sh.n_tokens * sh.n_out;
+        float *x = xmalloc((size_t)sh.n_tokens * sh.n_in * sizeof *x);
+        float *ya = xmalloc(ny * sizeof *ya), *yv = xmalloc(ny * sizeof *yv);
+        for (int t = 0; t < sh.n_tokens; t++)
+            fill_test_row(x + (size_t)t * sh.n_in, sh.n_in, (t + si) % 4);
+        assert_int_equal(kc_cpu_set_isa(KC_ISA_AVX2), 0);
+        memset(ya, 0xff, ny * sizeof *ya);
+        kc_matmul(pool, ya, x, w, KC_TYPE_Q8_0, sh.n_tokens, sh.n_in, sh.n_out, s);
+        assert_int_equal(kc_cpu_set_isa(KC_ISA_AVX512VNNI), 0);
+        memset(yv, 0xff, ny * sizeof *yv);
+        kc_matmul(pool, yv, x, w, KC_TYPE_Q8_0, sh.n_tokens, sh.n_in, sh.n_out, s);
+        for (size_t i = 0; i < ny; i++)
+            if (f32_bits(ya[i]) != f32_bits(yv[i]))
+                fail_msg("n_in=%d n_out=%d n_tokens=%d: y[%zu] avx2 %a, avx512vnni %a", sh.n_in,
+                         sh.n_out, sh.n_tokens, i, ya[i], yv[i]);
+        free(w);
+        free(x);
+        free(ya);
+        free(yv);
+    }
+    kc_scratch_destroy(s);
+    kc_pool_destroy(pool);
 }
 
 /* ---- element-wise ops ---- */
@@ -1128,7 +1199,8 @@ static void test_attention_gqa_paged_matches_naive(void **state)
         free(scratch);
         kv_cache_fini(&c);
     }
-    print_message("    largest error: scalar %.3g, avx2 %.3g (of max|v|)\n", worst[0], worst[1]);
+    print_message("    largest error: scalar %.3g, avx2 %.3g, avx512vnni %.3g (of max|v|)\n",
+                  worst[0], worst[1], worst[2]);
 }
 
 static void test_attention_batch_and_per_kv_head_equal_single_calls(void **state)
@@ -1188,11 +1260,10 @@ static void test_attention_batch_and_per_kv_head_equal_single_calls(void **state
 
 /* ---- dispatch ---- */
 
-/* MILLRACE_CPU=scalar forces the scalar path: run this binary again with it
- * and ask the child which path it chose */
-static void test_env_forces_scalar_path(void **state)
+/* Run this binary again with MILLRACE_CPU=env (unset for NULL) and return
+ * which path the child chose, as its name in buf. */
+static void child_isa(const char *env, char *buf, size_t len)
 {
-    (void)state;
     int fd[2];
     assert_int_equal(pipe(fd), 0);
     pid_t pid = fork();
@@ -1200,18 +1271,39 @@ static void test_env_forces_scalar_path(void **state)
     if (pid == 0) {
         dup2(fd[1], 1);
         close(fd[0]);
-        setenv("MILLRACE_CPU", "scalar", 1);
+        if (env)
+            setenv("MILLRACE_CPU", env, 1);
+        else
+            unsetenv("MILLRACE_CPU");
         execl("/proc/self/exe", "test_kernels", "--print-isa", (char *)NULL);
         _exit(127);
     }
     close(fd[1]);
-    char buf[32] = {0};
-    ssize_t n = read(fd[0], buf, sizeof buf - 1);
+    memset(buf, 0, len);
+    ssize_t n = read(fd[0], buf, len - 1);
     close(fd[0]);
     int st;
     waitpid(pid, &st, 0);
     assert_true(n > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    assert_string_equal(buf, "scalar\n");
+    char *nl = strchr(buf, '\n');
+    assert_non_null(nl);
+    *nl = 0;
+}
+
+/* MILLRACE_CPU=scalar forces the scalar path, =avx2 the AVX2 kernels (no
+ * VNNI; scalar without AVX2); unset, the best path is chosen */
+static void test_env_forces_path(void **state)
+{
+    (void)state;
+    char buf[32];
+    child_isa("scalar", buf, sizeof buf);
+    assert_string_equal(buf, "scalar");
+    child_isa("avx2", buf, sizeof buf);
+    assert_string_equal(buf, kc_cpu_supports(KC_ISA_AVX2) ? "avx2" : "scalar");
+    child_isa("avx512vnni", buf, sizeof buf);
+    assert_string_equal(buf, kc_cpu_isa_name(best_isa()));
+    child_isa(NULL, buf, sizeof buf);
+    assert_string_equal(buf, kc_cpu_isa_name(best_isa()));
     assert_true(kc_cpu_set_isa(KC_ISA_SCALAR) == 0);
     assert_int_equal(kc_cpu_isa(), KC_ISA_SCALAR);
 }
@@ -1234,13 +1326,14 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_matmul_same_bits_for_1_to_4_threads),
         cmocka_unit_test(test_matmul_rows_do_not_depend_on_the_batch),
         cmocka_unit_test(test_matmul_prepared_reuses_converted_x),
+        cmocka_unit_test(test_matmul_q8_0_vnni_equals_avx2_bitwise),
         cmocka_unit_test(test_rmsnorm_matches_reference),
         cmocka_unit_test(test_rope_table_and_rotation),
         cmocka_unit_test(test_exp_polynomial_within_2_ulp),
         cmocka_unit_test(test_swiglu_softmax_add_match_reference),
         cmocka_unit_test(test_attention_gqa_paged_matches_naive),
         cmocka_unit_test(test_attention_batch_and_per_kv_head_equal_single_calls),
-        cmocka_unit_test(test_env_forces_scalar_path),
+        cmocka_unit_test(test_env_forces_path),
     };
     return cmocka_run_group_tests_name("kernels", tests, group_setup, group_teardown);
 }

@@ -46,12 +46,25 @@
  * with vpmaddwd and scales each block's int32 lanes by d_w * d_x in f32, as
  * ggml's ggml_vec_dot_q8_0_q8_0 does.
  *
- * No AVX-512 path: decode runs at the memory bandwidth already, and this
- * Zen 4 executes a 512-bit FMA as two 256-bit halves: a register-bound FMA
- * loop peaks at 116 GFLOP/s per core with ymm and 116 with zmm. Prefill
- * reaches 75-100 of those 116 with AVX2 (tests/bench_kernels.c); AVX-512
- * would only save loads (and VNNI two of the six Q8_0 operations per block
- * pair) - not tried.
+ * Q8_0 has a third path, KC_ISA_AVX512VNNI: vpdpbusd on ymm makes the same
+ * int32 lanes in one instruction, with tiles of 4 rows x 5 tokens in the 32
+ * registers of AVX-512VL and the scale products made 8 blocks at a time;
+ * the f32 operations are the AVX2 path's, so its results are too, bit for
+ * bit. bench_kernels --tokens, 2 threads, best of 3 runs, GFLOP/s AVX2 ->
+ * VNNI: 4096x4096 2 tokens 137 -> 208, 7: 145 -> 258, 16: 146 -> 263, 128:
+ * 149 -> 287; 768->2048 7: 138 -> 219, 16: 140 -> 234, 128: 145 -> 286.
+ * The dim-768 model's 128-token prefill, 2 threads: 869 -> 1521 tok/s;
+ * its decode (1 token, memory-bound) does not change. kc_tile_q8_vnni has
+ * the details.
+ *
+ * F32/F16/BF16 have no AVX-512 path: decode runs at the memory bandwidth
+ * already, and this Zen 4 executes a 512-bit FMA as two 256-bit halves: a
+ * register-bound FMA loop peaks at 116 GFLOP/s per core with ymm and 116
+ * with zmm. Prefill reaches 75-100 of those 116 with AVX2
+ * (tests/bench_kernels.c). The 32 registers of AVX-512VL would allow 4x6
+ * tiles (the same bits): F16, 1 thread, 6-96 tokens, 768->2048 105-110 ->
+ * 107-111 GFLOP/s, 4096x4096 at 24-96 tokens 91-93 -> 95-98: within 5%,
+ * not taken.
  */
 #include "kernels/cpu/matmul.h"
 
@@ -676,20 +689,73 @@ static void kc_rows_q8(const struct kc_mm *m, int lo, int hi, kc_q8_tokens_fn to
     }
 }
 
+/*
+ * Q8_0 with AVX512_VNNI, on ymm registers (AVX512VL). vpdpbusd sums the
+ * same 4 products into each int32 lane as vpmaddubsw + vpmaddwd do in
+ * kc_tile_q8, exactly, and every float operation after it is the AVX2
+ * code's, in the same order: the results are the AVX2 path's bit for bit
+ * (tests/test_kernels.c checks). Measured one thread, weights in L2/L3,
+ * 768->2048 (GFLOP/s AVX2 -> VNNI; tests/bench_kernels.c --tokens has the
+ * 2-thread figures):
+ *
+ * - vpdpbusd multiplies unsigned by signed bytes: x goes in offset by 128
+ *   (x ^ 0x80, once per token and block) and each block's lanes start from
+ *   -128 * (the sum of their 4 weights) (one vpdpbusd per row and block).
+ *   That alone, in kc_tile_q8's 4x3 tiles: 64 tokens 74 -> 104. The
+ *   AVX2 code's sign trick (|w| times sign(x, w)) instead: 73 -> 90 (one
+ *   vpsignb per row and token).
+ * - 32 registers: tiles of 4 rows x up to 5 tokens (20 accumulators; 64
+ *   tokens 4x4 103, 4x5 108, 4x6 no better), the tokens dealt into
+ *   ceil(n / 5) tiles of equal size (16 tokens: 4 x 4, not 5 + 5 + 5 + 1:
+ *   +5-10% at 6, 11 and 16 tokens).
+ * - The products d_w * d_x of KC_VSUB blocks are made 8 blocks at a time
+ *   (8 scales gathered with vpinsrw, one vcvtph2ps, one vmulps per row and
+ *   token) into a table that the FMA reads as a broadcast operand, instead
+ *   of a vmulss + vbroadcastss per row, token and block: 64 tokens 108 ->
+ *   141, 7 tokens 102 -> 122, 2 tokens 92 -> 104. Gathering the scales
+ *   through a uint16 array instead defeats store forwarding (1 token 0.65x
+ *   of AVX2). One token keeps the product per block (1 token 63 -> 73; the
+ *   table: 57).
+ *
+ * Left per (row, token, block): a register copy, vpdpbusd, vcvtdq2ps and the
+ * FMA, ~1.7 cycles; vpdpbusd and the FMA share two pipes on Zen 4, so a loop
+ * of nothing else takes 1.0. zmm would not help: Zen 4 runs a 512-bit
+ * operation as two 256-bit halves, and keeping the AVX2 order needs each
+ * block's 8 lanes added to an accumulator of their own, so 2 blocks in a
+ * zmm cost an extract: in a register-only loop 2.0 cycles per (row, token)
+ * and 2 blocks with ymm, 2.3 with zmm.
+ */
 #define KC_VNNI_TARGET "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"
 #define KC_VNNI        __attribute__((target(KC_VNNI_TARGET)))
 #define KC_VNNI_INLINE __attribute__((target(KC_VNNI_TARGET), always_inline)) inline
 
-#ifndef KC_Q8V
-#define KC_Q8V 2
-#endif
-#ifndef KC_VRN
-#define KC_VRN 3
-#endif
-#ifndef KC_VRM
-#define KC_VRM 4
-#endif
+#define KC_VRN  5  /* most tokens per VNNI tile */
+#define KC_VSUB 16 /* blocks per table of scale products */
 
+/* -128 * the sum of each 4 weights of qw, the lanes' start for x + 128 */
+static KC_VNNI_INLINE __m256i kc_q8_corr_vnni(__m256i qw)
+{
+    const __m256i zero = _mm256_setzero_si256();
+    return _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, _mm256_set1_epi8((char)0x80), qw));
+}
+
+/* the scales of blk[0..8) as f32; for n < 8 only the first n count (the
+ * rest repeat blk[n - 1]'s, so nothing past the chunk is read) */
+static KC_VNNI_INLINE __m256 kc_q8_scales8_vnni(const struct kc_block_q8_0 *blk, int n)
+{
+    const int l = n < 8 ? n - 1 : 7;
+    __m128i h = _mm_cvtsi32_si128(blk[0].d);
+    h = _mm_insert_epi16(h, blk[1 < l ? 1 : l].d, 1);
+    h = _mm_insert_epi16(h, blk[2 < l ? 2 : l].d, 2);
+    h = _mm_insert_epi16(h, blk[3 < l ? 3 : l].d, 3);
+    h = _mm_insert_epi16(h, blk[4 < l ? 4 : l].d, 4);
+    h = _mm_insert_epi16(h, blk[5 < l ? 5 : l].d, 5);
+    h = _mm_insert_epi16(h, blk[6 < l ? 6 : l].d, 6);
+    h = _mm_insert_epi16(h, blk[l].d, 7);
+    return _mm256_cvtph_ps(h);
+}
+
+/* kc_tile_q8 with VNNI, rn <= KC_VRN: the same sums in the same order */
 static KC_VNNI_INLINE void kc_tile_q8_vnni(int rm, int rn, const char *w, size_t ws,
                                            const int8_t *xq, int xs, const float *xd, int nb,
                                            float *y, int ys, int yr, int b0, int b1)
@@ -697,48 +763,58 @@ static KC_VNNI_INLINE void kc_tile_q8_vnni(int rm, int rn, const char *w, size_t
     const __m256i off = _mm256_set1_epi8((char)0x80);
     for (int c0 = b0; c0 < b1; c0 += KC_MM_KB) {
         const int c1 = c0 + KC_MM_KB < b1 ? c0 + KC_MM_KB : b1;
-        __m256 acc[KC_VRM][KC_VRN];
-#pragma GCC unroll 8
+        __m256 acc[KC_RM][KC_VRN];
+#pragma GCC unroll 4
         for (int r = 0; r < rm; r++)
-#pragma GCC unroll 8
+#pragma GCC unroll 5
             for (int t = 0; t < rn; t++)
                 acc[r][t] = _mm256_setzero_ps();
-        for (int b = c0; b < c1; b++) {
-            __m256i xv[KC_VRN];
-#pragma GCC unroll 8
-            for (int t = 0; t < rn; t++) {
-                xv[t] = _mm256_loadu_si256((const __m256i *)(xq + (size_t)t * xs + b * KC_QK8_0));
-#if KC_Q8V == 2
-                xv[t] = _mm256_xor_si256(xv[t], off);
-#endif
+        for (int s0 = c0; s0 < c1; s0 += KC_VSUB) {
+            const int n = s0 + KC_VSUB < c1 ? KC_VSUB : c1 - s0;
+            /* dp[r][t][i] = d_w * d_x of block s0 + i (not for one token) */
+            float dp[KC_RM][KC_VRN][KC_VSUB] __attribute__((aligned(32)));
+#pragma GCC unroll 4
+            for (int r = 0; r < rm && rn > 1; r++) {
+                const struct kc_block_q8_0 *blk = (const struct kc_block_q8_0 *)(w + r * ws) + s0;
+                for (int i = 0; i < n; i += 8) {
+                    const __mmask8 k8 = n - i >= 8 ? 0xff : (__mmask8)((1u << (n - i)) - 1);
+                    const __m256 dw = kc_q8_scales8_vnni(blk + i, n - i);
+#pragma GCC unroll 5
+                    for (int t = 0; t < rn; t++) {
+                        const __m256 dx = _mm256_maskz_loadu_ps(k8, xd + (size_t)t * nb + s0 + i);
+                        _mm256_store_ps(&dp[r][t][i], _mm256_mul_ps(dw, dx));
+                    }
+                }
             }
-#pragma GCC unroll 8
-            for (int r = 0; r < rm; r++) {
-                const struct kc_block_q8_0 *blk = (const struct kc_block_q8_0 *)(w + r * ws) + b;
-                const __m256i qw = _mm256_loadu_si256((const __m256i *)blk->qs);
-                const __m256 dw = _mm256_set1_ps(_cvtsh_ss(blk->d));
-#if KC_Q8V == 2
-                const __m256i corr = _mm256_sub_epi32(
-                    _mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, qw));
-#else
-                const __m256i aw = _mm256_abs_epi8(qw);
-#endif
-#pragma GCC unroll 8
-                for (int t = 0; t < rn; t++) {
-#if KC_Q8V == 2
-                    const __m256i p = _mm256_dpbusd_epi32(corr, xv[t], qw);
-#else
-                    const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw,
-                                                          _mm256_sign_epi8(xv[t], qw));
-#endif
-                    const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(xd[(size_t)t * nb + b]));
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[r][t]);
+            for (int i = 0; i < n; i++) {
+                const int b = s0 + i;
+                __m256i xo[KC_VRN]; /* x + 128 */
+#pragma GCC unroll 5
+                for (int t = 0; t < rn; t++)
+                    xo[t] = _mm256_xor_si256(
+                        _mm256_loadu_si256((const __m256i *)(xq + (size_t)t * xs + b * KC_QK8_0)),
+                        off);
+#pragma GCC unroll 4
+                for (int r = 0; r < rm; r++) {
+                    const struct kc_block_q8_0 *blk =
+                        (const struct kc_block_q8_0 *)(w + r * ws) + b;
+                    const __m256i qw = _mm256_loadu_si256((const __m256i *)blk->qs);
+                    const __m256i corr = kc_q8_corr_vnni(qw);
+                    const __m256 dw =
+                        rn == 1 ? _mm256_set1_ps(_cvtsh_ss(blk->d)) : _mm256_setzero_ps();
+#pragma GCC unroll 5
+                    for (int t = 0; t < rn; t++) {
+                        const __m256i p = _mm256_dpbusd_epi32(corr, xo[t], qw);
+                        const __m256 d = rn == 1 ? _mm256_mul_ps(dw, _mm256_set1_ps(xd[b]))
+                                                 : _mm256_set1_ps(dp[r][t][i]);
+                        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[r][t]);
+                    }
                 }
             }
         }
-#pragma GCC unroll 8
+#pragma GCC unroll 5
         for (int t = 0; t < rn; t++) {
-            __m256 a[KC_VRM];
+            __m256 a[KC_RM];
 #pragma GCC unroll 4
             for (int r = 0; r < rm; r++)
                 a[r] = acc[r][t];
@@ -747,43 +823,39 @@ static KC_VNNI_INLINE void kc_tile_q8_vnni(int rm, int rn, const char *w, size_t
     }
 }
 
+/* rm rows x all the tokens of m, in ceil(n / KC_VRN) tiles of equal size */
 static KC_VNNI_INLINE void kc_tokens_q8_vnni_t(int rm, const struct kc_mm *m, const char *w,
                                                size_t ws, float *y, int yr, int b0, int b1)
 {
-    const int nb = m->n_in / KC_QK8_0;
-    int t = 0;
-    for (; t + KC_VRN <= m->n_tokens; t += KC_VRN)
-        kc_tile_q8_vnni(rm, KC_VRN, w, ws, m->xq + (size_t)t * m->xs, m->xs,
-                        m->xd + (size_t)t * nb, nb, y + (size_t)t * m->n_out, m->n_out, yr, b0,
-                        b1);
-    const int8_t *xq = m->xq + (size_t)t * m->xs;
-    const float *xd = m->xd + (size_t)t * nb;
-    y += (size_t)t * m->n_out;
-    switch (m->n_tokens - t) {
-#if KC_VRN > 5
-    case 5:
-        kc_tile_q8_vnni(rm, 5, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1);
-        break;
-#endif
-#if KC_VRN > 4
-    case 4:
-        kc_tile_q8_vnni(rm, 4, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1);
-        break;
-#endif
-#if KC_VRN > 3
-    case 3:
-        kc_tile_q8_vnni(rm, 3, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1);
-        break;
-#endif
-    case 2:
-        kc_tile_q8_vnni(rm, 2, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1);
-        break;
-    case 1:
-        kc_tile_q8_vnni(rm, 1, w, ws, xq, m->xs, xd, nb, y, m->n_out, yr, b0, b1);
-        break;
+    const int nb = m->n_in / KC_QK8_0, n = m->n_tokens;
+    const int n_tiles = (n + KC_VRN - 1) / KC_VRN;
+    for (int i = 0, t = 0; t < n; i++) {
+        const int rn = n / n_tiles + (i < n % n_tiles);
+        const int8_t *xq = m->xq + (size_t)t * m->xs;
+        const float *xd = m->xd + (size_t)t * nb;
+        float *yt = y + (size_t)t * m->n_out;
+        switch (rn) {
+        case 5:
+            kc_tile_q8_vnni(rm, 5, w, ws, xq, m->xs, xd, nb, yt, m->n_out, yr, b0, b1);
+            break;
+        case 4:
+            kc_tile_q8_vnni(rm, 4, w, ws, xq, m->xs, xd, nb, yt, m->n_out, yr, b0, b1);
+            break;
+        case 3:
+            kc_tile_q8_vnni(rm, 3, w, ws, xq, m->xs, xd, nb, yt, m->n_out, yr, b0, b1);
+            break;
+        case 2:
+            kc_tile_q8_vnni(rm, 2, w, ws, xq, m->xs, xd, nb, yt, m->n_out, yr, b0, b1);
+            break;
+        default:
+            kc_tile_q8_vnni(rm, 1, w, ws, xq, m->xs, xd, nb, yt, m->n_out, yr, b0, b1);
+            break;
+        }
+        t += rn;
     }
 }
 
+/* kc_tokens_q8_avx2 with VNNI */
 KC_VNNI static void kc_tokens_q8_vnni(int rm, const struct kc_mm *m, const char *w, size_t ws,
                                       float *y, int yr, int b0, int b1)
 {

@@ -22,7 +22,9 @@
  * - Batch invariance: y[t] depends on x[t] and W alone, bit for bit, not on
  *   n_tokens, t, the thread count or which kernel ran (each ISA path has one
  *   reduction order per n_in; matmul.c describes it). The scalar and AVX2
- *   paths differ from each other in the last bits.
+ *   paths differ from each other in the last bits; the AVX512VNNI path
+ *   (its own Q8_0 kernel, the AVX2 code otherwise) equals the AVX2 path
+ *   bit for bit.
  */
 #pragma once
 
