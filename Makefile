@@ -13,7 +13,7 @@
 
 CC      ?= cc
 BUILD   := build
-PKGS    := hiredis libmicrohttpd jansson
+PKGS    := hiredis libmicrohttpd jansson libcurl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -5,6 +5,7 @@
 # weights) when MODEL is not set. Ctrl-C (or SIGTERM) stops all three.
 #
 #   MODEL=/path/to/model.gguf make run
+#   MODEL=hf:owner/repo/file.gguf make run      (or an https:// URL)
 #   PORT=8080 THREADS=2 make run
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +25,7 @@ if [ -z "$model" ]; then
     fi
     log "demo model with random weights (its text is gibberish); set MODEL=... for a real one"
 elif [[ "$model" == http://* || "$model" == https://* || "$model" == hf:* ]]; then
-    log "MODEL=$model: downloading models is not built yet (issue #7); give a local .gguf path"
-    exit 2
+    log "MODEL=$model: the worker downloads it into its cache (once; HF_TOKEN for gated repos)"
 elif [ ! -f "$model" ]; then
     log "MODEL=$model: no such file"
     exit 2

@@ -13,6 +13,7 @@
  */
 #include "worker/serve.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -27,6 +28,7 @@
 #include "common/job.h"
 #include "common/log.h"
 #include "common/queue.h"
+#include "worker/fetch.h"
 #include "worker/model.h"
 #include "worker/scheduler.h"
 
@@ -133,17 +135,19 @@ static void update_info(struct serve *sv)
 {
     struct sched_stats st;
     sched_stats(sv->sched, &st);
-    pthread_mutex_lock(&sv->lock);
-    snprintf(sv->info, sizeof(sv->info),
-             "{\"model\":\"%.100s\",\"device\":\"%s\",\"active_sequences\":%d,\"jobs\":%d,"
-             "\"kv_blocks_used\":%d,\"kv_blocks_total\":%d,\"tokens_per_s\":%.1f,"
-             "\"max_batch\":%d,\"pid\":%d}",
-             sv->model->cfg.name, sv->device, st.active_sequences, st.jobs, st.kv_blocks_used,
-             st.kv_blocks_total, st.tokens_per_s, sv->max_seqs, (int)getpid());
     /* the model name came from the file: keep the JSON valid whatever it holds */
-    for (char *p = sv->info + 10; *p && p < sv->info + 10 + 100; p++)
+    char name[101];
+    snprintf(name, sizeof(name), "%.100s", sv->model->cfg.name);
+    for (char *p = name; *p; p++)
         if (*p == '"' || *p == '\\' || (unsigned char)*p < ' ')
             *p = '_';
+    pthread_mutex_lock(&sv->lock);
+    snprintf(sv->info, sizeof(sv->info),
+             "{\"model\":\"%s\",\"device\":\"%s\",\"active_sequences\":%d,\"jobs\":%d,"
+             "\"kv_blocks_used\":%d,\"kv_blocks_total\":%d,\"tokens_per_s\":%.1f,"
+             "\"max_batch\":%d,\"pid\":%d}",
+             name, sv->device, st.active_sequences, st.jobs, st.kv_blocks_used, st.kv_blocks_total,
+             st.tokens_per_s, sv->max_seqs, (int)getpid());
     pthread_mutex_unlock(&sv->lock);
 }
 
@@ -269,12 +273,18 @@ static int stream_deltas(struct serve *sv, struct sched_delta *d, int n)
 
 int serve_main(int argc, char **argv)
 {
-    const char *model_path = NULL, *redis_url = NULL, *prefix = NULL, *device = NULL,
-               *log_level = NULL;
+    const char *model_path = NULL, *cache_dir = NULL, *model_sha = NULL, *redis_url = NULL,
+               *prefix = NULL, *device = NULL, *log_level = NULL;
     long long threads, max_seqs, max_tokens, kv_blocks, kv_mb, block_size, hb_ms, ttl_ms, grace;
     const struct config_option options[] = {
-        {"model", "MILLRACE_MODEL", CONFIG_STRING, &model_path, NULL, 0, 0, "FILE",
-         "GGUF model to serve."},
+        {"model", "MILLRACE_MODEL", CONFIG_STRING, &model_path, NULL, 0, 0, "MODEL",
+         "GGUF model: a path, an http(s) URL or hf:owner/repo/file.gguf[@revision] "
+         "(downloaded once into the cache, resumed if interrupted)."},
+        {"cache-dir", "MILLRACE_CACHE", CONFIG_STRING, &cache_dir, NULL, 0, 0, "DIR",
+         "Where downloaded models are kept (default $XDG_CACHE_HOME/millrace or "
+         "~/.cache/millrace). HF_TOKEN is sent to Hugging Face for gated models."},
+        {"model-sha256", "MILLRACE_MODEL_SHA256", CONFIG_STRING, &model_sha, NULL, 0, 0, "HEX",
+         "Expected sha256 of the model file, checked after a download."},
         {"redis", "MILLRACE_REDIS", CONFIG_STRING, &redis_url, "redis://127.0.0.1:6379", 0, 0,
          "URL", "Redis: redis://[[user]:password@]host[:port][/db] or a unix socket path."},
         {"redis-prefix", "MILLRACE_REDIS_PREFIX", CONFIG_STRING, &prefix, "{mr}", 0, 0, "PREFIX",
@@ -349,7 +359,14 @@ int serve_main(int argc, char **argv)
     struct model *model = NULL;
     pthread_t beat;
     int beat_started = 0, status = 1;
-    if (model_load(&model, model_path, err, sizeof(err)) < 0) {
+    char model_file[PATH_MAX];
+    struct fetch_opts fo = {.cache_dir = cache_dir, .sha256 = model_sha, .retries = 3};
+    if (fetch_resolve_model(model_path, &fo, model_file, sizeof(model_file), err, sizeof(err)) <
+        0) {
+        log_error("%s", err);
+        goto out;
+    }
+    if (model_load(&model, model_file, err, sizeof(err)) < 0) {
         log_error("%s", err);
         goto out;
     }
