@@ -10,6 +10,12 @@
 #
 # Objects go to build/obj (normal) and build/asan/obj (AddressSanitizer +
 # UndefinedBehaviorSanitizer); -MMD -MP keeps header dependencies.
+#
+# CUDA: kernels/cuda/*.cu is compiled wherever nvcc exists (on PATH or in
+# CUDA_HOME), for sm_80 and sm_90 (CUDA_ARCH overrides), and linked into the
+# normal builds with cudart and cuBLAS; `make CUDA=0` forces the CPU-only
+# build. The sanitizer builds and the fuzzers never have it (the CUDA
+# runtime and ASan do not mix): their backend.c knows no "cuda".
 
 CC      ?= cc
 BUILD   := build
@@ -23,6 +29,29 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE $(WARN) -I. $(PKG_CFLAGS) -MMD -MP
 LDLIBS  := $(PKG_LIBS) -lm -lpthread
 TEST_LIBS := -lcmocka -lcurl
 SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+ifeq ($(origin NVCC),undefined)
+NVCC := $(shell command -v nvcc 2>/dev/null || \
+	(test -x $(or $(CUDA_HOME),/usr/local/cuda)/bin/nvcc && echo $(or $(CUDA_HOME),/usr/local/cuda)/bin/nvcc))
+endif
+CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/nvcc,%,$(NVCC)),/usr/local/cuda)
+CUDA      ?= $(if $(NVCC),1,0)
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+CUDA_WARN ?= -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings
+NVCCFLAGS ?= -O3 -lineinfo
+NVCCFLAGS += -std=c++17 $(CUDA_ARCH) -I. -DMILLRACE_CUDA $(CUDA_WARN) -MMD -MP
+ifeq ($(CUDA),1)
+CU_SRC    := $(wildcard kernels/cuda/*.cu)
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lcudart \
+	-lstdc++
+endif
+CU_OBJ := $(patsubst %.cu,$(BUILD)/obj/%.o,$(CU_SRC))
+# The C files that look at MILLRACE_CUDA are rebuilt when CUDA changes: the
+# stamp holds the last value and is rewritten (newer) only when it differs.
+CUDA_C_OBJ := $(BUILD)/obj/kernels/backend.o $(BUILD)/obj/tests/test_cuda.o
+CUDA_STAMP := $(BUILD)/cuda.stamp
+$(shell mkdir -p $(BUILD); [ "$$(cat $(CUDA_STAMP) 2>/dev/null)" = "$(CUDA)" ] || \
+	echo "$(CUDA)" > $(CUDA_STAMP))
 
 COMMON_SRC := $(wildcard common/*.c)
 API_SRC    := $(wildcard api/*.c)
@@ -61,8 +90,8 @@ all: $(BUILD)/millrace-api $(BUILD)/millrace-worker
 $(BUILD)/millrace-api: $(call obj,$(API_SRC) $(COMMON_SRC))
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/millrace-worker: $(call obj,$(WORKER_SRC) $(COMMON_SRC))
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/millrace-worker: $(call obj,$(WORKER_SRC) $(COMMON_SRC)) $(CU_OBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
 
 # The same programs under the sanitizers: the ASan test runs start these
 # (tests/support/stack.c picks build/asan/ when the test itself runs from there).
@@ -80,13 +109,22 @@ $(BUILD)/asan/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SAN) -c -o $@ $<
 
+$(BUILD)/obj/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+ifeq ($(CUDA),1)
+$(CUDA_C_OBJ): CFLAGS += -DMILLRACE_CUDA
+endif
+$(CUDA_C_OBJ): $(CUDA_STAMP)
+
 # keep objects that pattern chains would delete as intermediates
 .SECONDARY:
 
 .SECONDEXPANSION:
-$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $$(call test_deps,obj,tests/%.c)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $$(call test_deps,obj,tests/%.c) $(CU_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(TEST_LIBS)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(TEST_LIBS) $(CUDA_LIBS)
 
 $(BUILD)/asan/tests/%: $(BUILD)/asan/obj/tests/%.o $$(call test_deps,aobj,tests/%.c)
 	@mkdir -p $(dir $@)
@@ -130,7 +168,7 @@ fuzz: deps
 			tests/fuzz-seeds/$$n || exit 1; \
 	done
 
-FORMAT_SRC = $(wildcard */*.c */*.h */*/*.c */*/*.h)
+FORMAT_SRC = $(wildcard */*.c */*.h */*/*.c */*/*.h */*/*.cu */*/*.cuh)
 format:
 	clang-format -i $(FORMAT_SRC)
 

@@ -5,6 +5,7 @@
  *   millrace-worker tokenize   --model FILE --text TEXT
  *   millrace-worker make-model --preset NAME --type T --out FILE
  *   millrace-worker bench      --model FILE [--threads N]
+ *   millrace-worker bench      --synthetic mistral-7b --device cuda
  *   millrace-worker serve      --model FILE --redis URL [...]
  *
  * Each subcommand has its own flags and --help.
@@ -21,6 +22,7 @@
 #include "common/job.h"
 #include "common/log.h"
 #include "kernels/cpu/dtype.h"
+#include "worker/bench.h"
 #include "worker/engine.h"
 #include "worker/make_model.h"
 #include "worker/model.h"
@@ -96,7 +98,8 @@ static int cmd_generate(int argc, char **argv)
          "Keep only the last N prompt tokens (0: all)."},
         {"threads", "MILLRACE_THREADS", CONFIG_INT, &threads, "0", 0, 256, "N",
          "CPU threads (0: all cores)."},
-        {"device", "MILLRACE_DEVICE", CONFIG_STRING, &device, "cpu", 0, 0, "DEV", "cpu."},
+        {"device", "MILLRACE_DEVICE", CONFIG_STRING, &device, "cpu", 0, 0, "DEV",
+         "cpu, cuda (builds with CUDA) or auto."},
         {"json", NULL, CONFIG_BOOL, &json_out, "false", 0, 0, NULL,
          "Print one JSON object: prompt_tokens, tokens, text, finish_reason, speeds."},
     };
@@ -294,30 +297,94 @@ static int cmd_make_model(int argc, char **argv)
 
 /* ---- bench -------------------------------------------------------------- */
 
+/* "16,64,256" into out (at most cap); returns the count, or -1. */
+static int parse_sizes(const char *s, int *out, int cap)
+{
+    int n = 0;
+    while (*s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 1 || v > 100000 || n == cap || (*end && *end != ','))
+            return -1;
+        out[n++] = (int)v;
+        s = *end ? end + 1 : end;
+    }
+    return n;
+}
+
+/* bench --synthetic: a preset's shape with weights made on the device. */
+static int bench_synth(const char *preset, const char *device, const char *weights, int n_prompt,
+                       int n_decode, int steps, const char *seqs, int json_out)
+{
+    int sizes[16], n_sizes = parse_sizes(seqs, sizes, 16);
+    uint32_t t;
+    if (n_sizes < 0) {
+        fprintf(stderr, "millrace-worker bench: --seqs wants sizes like 16,64,256\n");
+        return 2;
+    }
+    if (type_from_name(weights, &t) < 0 || (t != KC_TYPE_F16 && t != KC_TYPE_Q8_0)) {
+        fprintf(stderr, "millrace-worker bench: --weights is f16 or q8_0\n");
+        return 2;
+    }
+    struct bench_opts bo = {.preset = preset,
+                            .device = device,
+                            .type = t,
+                            .prompt_tokens = n_prompt,
+                            .decode_tokens = n_decode,
+                            .steps = steps,
+                            .batches = sizes,
+                            .n_batches = n_sizes,
+                            .json = json_out};
+    char err[512];
+    if (bench_synthetic(&bo, err, sizeof(err)) < 0) {
+        fprintf(stderr, "millrace-worker bench: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
+
 static int cmd_bench(int argc, char **argv)
 {
-    const char *model = NULL, *device = NULL;
-    long long threads, n_prompt, n_decode;
+    const char *model = NULL, *device = NULL, *synthetic = NULL, *weights = NULL, *seqs = NULL;
+    long long threads, n_prompt, n_decode, steps;
     int json_out;
     const struct config_option options[] = {
         {"model", "MILLRACE_MODEL", CONFIG_STRING, &model, NULL, 0, 0, "FILE", "GGUF model."},
+        {"synthetic", NULL, CONFIG_STRING, &synthetic, NULL, 0, 0, "PRESET",
+         "Instead of a file: random weights of a make-model preset's shape (mistral-7b) made on "
+         "the device (--device cuda). Reports batch-1 decode and its share of the memory "
+         "bandwidth ceiling, time to first token, and tokens/s at --seqs sequences."},
+        {"weights", NULL, CONFIG_STRING, &weights, "f16", 0, 0, "T",
+         "--synthetic weight type: f16 or q8_0."},
+        {"seqs", NULL, CONFIG_STRING, &seqs, "16,64,256", 0, 0, "N,N,...",
+         "--synthetic: batch sizes for the aggregate decode measurement."},
+        {"steps", NULL, CONFIG_INT, &steps, "32", 1, 100000, "N",
+         "--synthetic: decode steps timed at each batch size."},
         {"threads", "MILLRACE_THREADS", CONFIG_INT, &threads, "0", 0, 256, "N",
          "CPU threads (0: all cores)."},
-        {"prompt-tokens", NULL, CONFIG_INT, &n_prompt, "128", 1, 100000, "N",
-         "Prompt length for the prefill measurement."},
+        {"prompt-tokens", NULL, CONFIG_INT, &n_prompt, "0", 0, 100000, "N",
+         "Prompt length for the prefill (time to first token) measurement; 0: 128, or 512 "
+         "with --synthetic."},
         {"decode-tokens", NULL, CONFIG_INT, &n_decode, "64", 1, 100000, "N",
          "Tokens decoded one at a time for the decode measurement."},
-        {"device", "MILLRACE_DEVICE", CONFIG_STRING, &device, "cpu", 0, 0, "DEV", "cpu."},
+        {"device", "MILLRACE_DEVICE", CONFIG_STRING, &device, "cpu", 0, 0, "DEV",
+         "cpu, cuda (builds with CUDA) or auto."},
         {"json", NULL, CONFIG_BOOL, &json_out, "false", 0, 0, NULL, "Print JSON."},
     };
-    const struct config_spec spec = {"millrace-worker bench --model FILE [options]",
-                                     "Measure prefill and decode speed of one sequence.", options,
-                                     sizeof(options) / sizeof(options[0])};
+    const struct config_spec spec = {
+        "millrace-worker bench (--model FILE | --synthetic PRESET --device cuda) [options]",
+        "Measure prefill and decode speed of one sequence (and, with --synthetic, of batches).",
+        options, sizeof(options) / sizeof(options[0])};
     int rc = parse(&spec, argc, argv, "bench");
     if (rc)
         return exit_of(rc);
+    if (synthetic)
+        return bench_synth(synthetic, device, weights, n_prompt > 0 ? (int)n_prompt : 512,
+                           (int)n_decode, (int)steps, seqs, json_out);
+    if (n_prompt == 0)
+        n_prompt = 128;
     if (!model) {
-        fprintf(stderr, "millrace-worker bench: --model is required\n");
+        fprintf(stderr, "millrace-worker bench: --model or --synthetic is required\n");
         return 2;
     }
     char err[512];

@@ -238,6 +238,64 @@ fail:
     return -1;
 }
 
+static void synthetic_weight(struct model_weight *w, uint32_t type, int n_in, int n_out)
+{
+    w->data = NULL;
+    w->type = n_out == 1                                   ? GGUF_TENSOR_F32
+              : type == GGUF_TENSOR_Q8_0 && n_in % 32 != 0 ? GGUF_TENSOR_F16
+                                                           : type;
+    w->n_in = n_in;
+    w->n_out = n_out;
+}
+
+int model_synthetic(struct model **out, const struct model_config *cfg, uint32_t type, char *err,
+                    size_t errlen)
+{
+    *out = NULL;
+    if (type != GGUF_TENSOR_F16 && type != GGUF_TENSOR_Q8_0)
+        return fail(err, errlen, "synthetic weights are F16 or Q8_0, not %s", gguf_type_name(type));
+    if (cfg->dim < 1 || cfg->n_layers < 1 || cfg->n_heads < 1 || cfg->n_kv_heads < 1 ||
+        cfg->ffn_dim < 1 || cfg->vocab_size < 3 || cfg->context_len < 1 ||
+        cfg->dim % cfg->n_heads != 0 || cfg->n_heads % cfg->n_kv_heads != 0 ||
+        (cfg->dim / cfg->n_heads) % 2 != 0)
+        return fail(err, errlen, "synthetic model: inconsistent dimensions");
+    struct model *m = calloc(1, sizeof(*m));
+    if (!m)
+        return fail(err, errlen, "out of memory");
+    m->cfg = *cfg;
+    struct model_config *c = &m->cfg;
+    c->head_dim = c->dim / c->n_heads;
+    m->synthetic = 1;
+    m->layers = calloc((size_t)c->n_layers, sizeof(*m->layers));
+    if (!m->layers) {
+        free(m);
+        return fail(err, errlen, "out of memory");
+    }
+    int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
+    synthetic_weight(&m->tok_embd, GGUF_TENSOR_F16, c->dim, c->vocab_size);
+    synthetic_weight(&m->output_norm, type, c->dim, 1);
+    synthetic_weight(&m->output, type, c->dim, c->vocab_size);
+    for (int l = 0; l < c->n_layers; l++) {
+        struct model_layer *L = &m->layers[l];
+        synthetic_weight(&L->attn_norm, type, c->dim, 1);
+        synthetic_weight(&L->wq, type, c->dim, q_dim);
+        synthetic_weight(&L->wk, type, c->dim, kv_dim);
+        synthetic_weight(&L->wv, type, c->dim, kv_dim);
+        synthetic_weight(&L->wo, type, q_dim, c->dim);
+        synthetic_weight(&L->ffn_norm, type, c->dim, 1);
+        synthetic_weight(&L->w_gate, type, c->dim, c->ffn_dim);
+        synthetic_weight(&L->w_up, type, c->dim, c->ffn_dim);
+        synthetic_weight(&L->w_down, type, c->ffn_dim, c->dim);
+        const struct model_weight *all[] = {&L->attn_norm, &L->wq,     &L->wk,   &L->wv,    &L->wo,
+                                            &L->ffn_norm,  &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+            m->weight_bytes += weight_bytes(all[i]);
+    }
+    m->weight_bytes += weight_bytes(&m->output) + weight_bytes(&m->output_norm);
+    *out = m;
+    return 0;
+}
+
 void model_free(struct model *m)
 {
     if (!m)

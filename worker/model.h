@@ -61,6 +61,7 @@ struct model {
     struct gguf_file *file;          /* owned: the mapping everything points into */
     struct tokenizer *tok;           /* owned */
     uint64_t weight_bytes;           /* bytes of all weights (what a decode step reads) */
+    int synthetic;                   /* model_synthetic(): no file, every data NULL */
 };
 
 /*
@@ -70,6 +71,18 @@ struct model {
  * ("blk.3.attn_q.weight: shape 64x48, expected 64x64").
  */
 int model_load(struct model **out, const char *path, char *err, size_t errlen);
+
+/*
+ * A model of cfg's shapes with no weights at all (every data NULL, no file,
+ * no tokenizer; synthetic set), for benchmarks on a backend that makes random
+ * weights of these shapes on its device: only kernels/cuda does (`bench
+ * --synthetic`); no other backend may be given one. cfg: borrowed (copied;
+ * head_dim is derived). type: the ggml type of the weight matrices, F16 or
+ * Q8_0 (a matrix whose rows are not whole Q8_0 blocks is F16); norms are F32.
+ * Returns 0 with a new model (model_free), or -1 with err.
+ */
+int model_synthetic(struct model **out, const struct model_config *cfg, uint32_t type, char *err,
+                    size_t errlen);
 
 /* Release the model and its mapping. NULL is a no-op. */
 void model_free(struct model *m);
