@@ -83,7 +83,8 @@ TOOLS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TOOL_SRC))
 ASAN_BINS  := $(BUILD)/asan/millrace-api $(BUILD)/asan/millrace-worker \
               $(patsubst tests/%.c,$(BUILD)/asan/tests/%,$(TOOL_SRC))
 
-.PHONY: all test check check-unit check-asan bench fuzz run format format-check clean deps
+.PHONY: all test check check-unit check-asan check-compose bench fuzz run format format-check \
+	clean deps
 
 all: $(BUILD)/millrace-api $(BUILD)/millrace-worker
 
@@ -140,6 +141,7 @@ $(BUILD)/fuzz/%: tests/%.c $(COMMON_SRC) $(ENGINE_SRC)
 
 # The two commands of the README: each installs what is missing first.
 test: deps
+	@$(MAKE) --no-print-directory check-compose
 	@$(MAKE) --no-print-directory check
 
 run: deps
@@ -148,6 +150,17 @@ run: deps
 
 deps:
 	@scripts/deps.sh
+
+# compose/ without a container engine (tests/test_compose.sh): docker-compose
+# config, yamllint, dockerfilelint. Installs its tools first when missing:
+# Debian packages, and dockerfilelint from npm into build/npm.
+DOCKERFILELINT := $(BUILD)/npm/node_modules/.bin/dockerfilelint
+check-compose:
+	@scripts/deps.sh docker-compose yamllint
+	@command -v npm >/dev/null || scripts/deps.sh nodejs npm
+	@[ -x $(DOCKERFILELINT) ] || npm install --prefix $(BUILD)/npm --no-audit --no-fund \
+		--loglevel=error dockerfilelint@1.8.0
+	@tests/test_compose.sh
 
 check: all $(TOOLS) $(ASAN_BINS) $(TESTS) $(ASAN_TESTS)
 	@scripts/run-tests.sh $(TESTS) -- $(ASAN_TESTS)

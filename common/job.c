@@ -146,8 +146,15 @@ struct job_limits job_limits_default(void)
 static const char *const job_fields[] = {
     "text",        "max_tokens", "eos_token_ids", "max_input_tokens", "num_samples",       "stop",
     "temperature", "top_k",      "top_p",         "presence_penalty", "frequency_penalty", "seed",
-    "stream",
+    "stream",      "messages",
 };
+
+static const char *const job_roles[] = {"system", "user", "assistant"};
+
+const char *job_role_name(enum job_role role)
+{
+    return (unsigned)role < 3 ? job_roles[role] : "unknown";
+}
 
 /* v (borrowed, not NULL or null) must be an integer in [min, max]. Below min,
  * or above max when max_note is NULL: "<label> must be <rule>, got <v>";
@@ -206,9 +213,9 @@ static int parse_text(struct job_request *r, const json_t *root, const struct jo
     size_t n;
 
     if (!v)
-        return job_fail(err, "text", "text is required");
+        return job_fail(err, "text", "text is required (or messages, a chat)");
     if (json_is_null(v))
-        return job_fail(err, "text", "text is required, got null");
+        return job_fail(err, "text", "text is required (or messages, a chat), got null");
     if (!json_is_string(v))
         return job_fail(err, "text", "text must be a string, got %s",
                         job_describe(v, buf, sizeof buf));
@@ -224,6 +231,124 @@ static int parse_text(struct job_request *r, const json_t *root, const struct jo
         return job_nomem(err);
     r->text_len = n;
     return 0;
+}
+
+/* The role of messages[i] (v borrowed, an object) into *out. */
+static int parse_role(const json_t *v, size_t i, enum job_role *out, struct job_error *err)
+{
+    const json_t *role = json_object_get(v, "role");
+    char buf[32];
+
+    if (json_is_string(role))
+        for (int k = 0; k < 3; k++)
+            if (strcmp(json_string_value(role), job_roles[k]) == 0) {
+                *out = (enum job_role)k;
+                return 0;
+            }
+    if (!role)
+        return job_fail(err, "messages", "messages[%zu].role is required", i);
+    if (json_is_string(role))
+        return job_fail(err, "messages",
+                        "messages[%zu].role must be \"system\", \"user\" or \"assistant\", "
+                        "got \"%.32s\"",
+                        i, json_string_value(role));
+    return job_fail(err, "messages",
+                    "messages[%zu].role must be \"system\", \"user\" or \"assistant\", got %s", i,
+                    job_describe(role, buf, sizeof buf));
+}
+
+/* Whether messages[i] may have this role after prev (the role before it): a
+ * system message only first, then user, assistant, user, ... */
+static int check_turn(size_t i, enum job_role role, enum job_role prev, struct job_error *err)
+{
+    if (role == JOB_ROLE_SYSTEM && i > 0)
+        return job_fail(err, "messages",
+                        "messages[%zu] is a system message: only the first message may be one", i);
+    if (role == JOB_ROLE_SYSTEM)
+        return 0;
+    enum job_role want = i == 0 || prev != JOB_ROLE_USER ? JOB_ROLE_USER : JOB_ROLE_ASSISTANT;
+    if (role != want)
+        return job_fail(err, "messages",
+                        "messages[%zu].role must be \"%s\", got \"%s\": after an optional "
+                        "system message, turns alternate user, assistant, user, ...",
+                        i, job_roles[want], job_roles[role]);
+    return 0;
+}
+
+/* messages: the chat that stands instead of text (see job.h). */
+static int parse_messages(struct job_request *r, const json_t *v, const struct job_limits *lim,
+                          struct job_error *err)
+{
+    enum job_role prev = JOB_ROLE_SYSTEM;
+    size_t n, total = 0;
+    char buf[32];
+    int rc;
+
+    if (!json_is_array(v))
+        return job_fail(err, "messages",
+                        "messages must be an array of {\"role\", \"content\"} objects, got %s",
+                        job_describe(v, buf, sizeof buf));
+    n = json_array_size(v);
+    if (n == 0)
+        return job_fail(err, "messages",
+                        "messages must not be empty: the last one, from the "
+                        "user, is what the model answers");
+    r->messages = calloc(n, sizeof *r->messages);
+    if (!r->messages)
+        return job_nomem(err);
+    for (size_t i = 0; i < n; i++) {
+        const json_t *m = json_array_get(v, i), *content;
+        struct job_message *out = &r->messages[i];
+        size_t len;
+
+        if (!json_is_object(m))
+            return job_fail(err, "messages",
+                            "messages[%zu] must be an object with role and content, got %s", i,
+                            job_describe(m, buf, sizeof buf));
+        rc = parse_role(m, i, &out->role, err);
+        if (rc == 0)
+            rc = check_turn(i, out->role, prev, err);
+        if (rc < 0)
+            return rc;
+        prev = out->role;
+        content = json_object_get(m, "content");
+        if (!json_is_string(content))
+            return job_fail(err, "messages", "messages[%zu].content must be a string, got %s", i,
+                            content ? job_describe(content, buf, sizeof buf) : "nothing");
+        len = json_string_length(content);
+        total += len;
+        if ((long long)total > lim->max_text_bytes)
+            return job_fail(err, "messages",
+                            "messages must hold at most %lld bytes of content (the configured "
+                            "maximum), got more at messages[%zu]",
+                            lim->max_text_bytes, i);
+        if (memchr(json_string_value(content), '\0', len))
+            return job_fail(err, "messages", "messages[%zu].content must not contain \\u0000", i);
+        out->content = job_dup_n(json_string_value(content), len);
+        if (!out->content)
+            return job_nomem(err);
+        out->content_len = len;
+        r->n_messages = i + 1;
+    }
+    if (prev != JOB_ROLE_USER)
+        return job_fail(err, "messages",
+                        "the last message must be from the user (the model answers it), got "
+                        "\"%s\"",
+                        job_roles[prev]);
+    return 0;
+}
+
+/* The prompt: text, or messages instead (exactly one of them). */
+static int parse_prompt(struct job_request *r, const json_t *root, const struct job_limits *lim,
+                        struct job_error *err)
+{
+    const json_t *m = opt(root, "messages");
+
+    if (!m)
+        return parse_text(r, root, lim, err);
+    if (opt(root, "text"))
+        return job_fail(err, "messages", "give either text or messages, not both");
+    return parse_messages(r, m, lim, err);
 }
 
 static int parse_eos(struct job_request *r, const json_t *root, const struct job_limits *lim,
@@ -385,7 +510,7 @@ static int parse_fields(struct job_request *r, const json_t *root, const struct 
     long long seed;
     int rc;
 
-    rc = parse_text(r, root, lim, err);
+    rc = parse_prompt(r, root, lim, err);
     if (rc < 0)
         return rc;
     v = json_object_get(root, "max_tokens");
@@ -492,6 +617,9 @@ void job_request_destroy(struct job_request *r)
     if (!r)
         return;
     free(r->text);
+    for (size_t i = 0; r->messages && i < r->n_messages; i++)
+        free(r->messages[i].content);
+    free(r->messages);
     free(r->eos_token_ids);
     if (r->stop) {
         for (size_t i = 0; i < r->n_stop; i++)
@@ -501,17 +629,57 @@ void job_request_destroy(struct job_request *r)
     free(r);
 }
 
+/* Whether the messages of r are what job_request_parse() accepts. */
+static int messages_valid(const struct job_request *r)
+{
+    enum job_role prev = JOB_ROLE_SYSTEM;
+
+    for (size_t i = 0; i < r->n_messages; i++) {
+        const struct job_message *m = &r->messages[i];
+        if ((unsigned)m->role > JOB_ROLE_ASSISTANT || !m->content ||
+            memchr(m->content, '\0', m->content_len) ||
+            !jsonscan_utf8_valid(m->content, m->content_len) || check_turn(i, m->role, prev, NULL))
+            return 0;
+        prev = m->role;
+    }
+    return prev == JOB_ROLE_USER;
+}
+
+/* [{"role": .., "content": ..}, ...] of r (new), or NULL when out of memory. */
+static json_t *messages_to_json(const struct job_request *r)
+{
+    json_t *a = json_array();
+    int bad = !a;
+
+    for (size_t i = 0; !bad && i < r->n_messages; i++) {
+        const struct job_message *m = &r->messages[i];
+        json_t *o = json_object();
+        bad |= !o || json_array_append_new(a, o);
+        if (!bad) {
+            bad |= json_object_set_new(o, "role", json_string(job_roles[m->role]));
+            bad |= json_object_set_new(o, "content", json_stringn(m->content, m->content_len));
+        }
+    }
+    if (bad) {
+        json_decref(a);
+        return NULL;
+    }
+    return a;
+}
+
 int job_request_to_json(const struct job_request *r, char **out)
 {
     json_t *root = NULL, *eos = NULL, *stop = NULL;
     int bad = 0;
 
     *out = NULL;
-    if (!r->text || memchr(r->text, '\0', r->text_len) ||
-        !jsonscan_utf8_valid(r->text, r->text_len) || (r->n_eos_token_ids && !r->eos_token_ids) ||
-        (r->n_stop && !r->stop) || !isfinite(r->temperature) || !isfinite(r->top_p) ||
-        !isfinite(r->presence_penalty) || !isfinite(r->frequency_penalty) ||
-        (r->has_seed && r->seed > (uint64_t)LLONG_MAX))
+    if (r->n_messages ? r->text || !r->messages || !messages_valid(r)
+                      : !r->text || memchr(r->text, '\0', r->text_len) ||
+                            !jsonscan_utf8_valid(r->text, r->text_len))
+        return JOB_ERR_INVALID;
+    if ((r->n_eos_token_ids && !r->eos_token_ids) || (r->n_stop && !r->stop) ||
+        !isfinite(r->temperature) || !isfinite(r->top_p) || !isfinite(r->presence_penalty) ||
+        !isfinite(r->frequency_penalty) || (r->has_seed && r->seed > (uint64_t)LLONG_MAX))
         return JOB_ERR_INVALID;
     for (size_t i = 0; i < r->n_stop; i++)
         if (!r->stop[i] || !jsonscan_utf8_valid(r->stop[i], strlen(r->stop[i])))
@@ -528,7 +696,10 @@ int job_request_to_json(const struct job_request *r, char **out)
         bad |= json_array_append_new(eos, json_integer(r->eos_token_ids[i]));
     for (size_t i = 0; i < r->n_stop; i++)
         bad |= json_array_append_new(stop, json_string(r->stop[i]));
-    bad |= json_object_set_new(root, "text", json_stringn(r->text, r->text_len));
+    if (r->n_messages)
+        bad |= json_object_set_new(root, "messages", messages_to_json(r));
+    else
+        bad |= json_object_set_new(root, "text", json_stringn(r->text, r->text_len));
     bad |= json_object_set_new(root, "max_tokens", json_integer(r->max_tokens));
     bad |= json_object_set_new(root, "eos_token_ids", eos);
     bad |= json_object_set_new(root, "max_input_tokens", json_integer(r->max_input_tokens));
@@ -555,7 +726,8 @@ out:
 
 int job_request_equal(const struct job_request *a, const struct job_request *b)
 {
-    if (a->text_len != b->text_len || memcmp(a->text, b->text, a->text_len) != 0 ||
+    if (!a->text != !b->text || a->text_len != b->text_len ||
+        (a->text && memcmp(a->text, b->text, a->text_len) != 0) || a->n_messages != b->n_messages ||
         a->max_tokens != b->max_tokens || a->n_eos_token_ids != b->n_eos_token_ids ||
         a->max_input_tokens != b->max_input_tokens || a->num_samples != b->num_samples ||
         a->n_stop != b->n_stop || a->temperature != b->temperature || a->top_k != b->top_k ||
@@ -563,6 +735,11 @@ int job_request_equal(const struct job_request *a, const struct job_request *b)
         a->frequency_penalty != b->frequency_penalty || a->has_seed != b->has_seed ||
         (a->has_seed && a->seed != b->seed) || a->stream != b->stream)
         return 0;
+    for (size_t i = 0; i < a->n_messages; i++)
+        if (a->messages[i].role != b->messages[i].role ||
+            a->messages[i].content_len != b->messages[i].content_len ||
+            memcmp(a->messages[i].content, b->messages[i].content, a->messages[i].content_len))
+            return 0;
     for (size_t i = 0; i < a->n_eos_token_ids; i++)
         if (a->eos_token_ids[i] != b->eos_token_ids[i])
             return 0;

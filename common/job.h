@@ -9,6 +9,11 @@
  * into the queue (every field, defaults filled in), which the worker parses
  * again with job_request_parse().
  *
+ * A prompt is either `text` or `messages`, a chat (role + content per turn)
+ * that the worker renders with the model's instruct template (worker/chat.h);
+ * this module only checks its shape: roles, alternation, the last turn from
+ * the user, sizes.
+ *
  * Key decision: every rejected request names the field at fault. jansson
  * refuses some bodies before we see a value (an integer too big for
  * json_int_t, a byte that is not UTF-8, "\u0000" in a string, a duplicate
@@ -34,7 +39,7 @@ struct job_limits {
     long long max_stop;         /* entries in stop (16) */
     long long max_stop_len;     /* bytes in each stop string (256) */
     long long max_eos_ids;      /* entries in eos_token_ids (64) */
-    long long max_text_bytes;   /* bytes of text, UTF-8 (1 MiB) */
+    long long max_text_bytes;   /* bytes of text, or of all message contents, UTF-8 (1 MiB) */
 };
 
 #define JOB_LIMITS_DEFAULT                                                                         \
@@ -69,10 +74,26 @@ struct job_unknown {
     char names[JOB_UNKNOWN_MAX_NAMES][64];
 };
 
+/* Who said a chat message. */
+enum job_role { JOB_ROLE_SYSTEM, JOB_ROLE_USER, JOB_ROLE_ASSISTANT };
+
+/* One turn of a chat. content: valid UTF-8, no NUL inside, NUL-terminated. */
+struct job_message {
+    enum job_role role;
+    char *content;
+    size_t content_len; /* bytes, without the terminator */
+};
+
 /* A validated request, every default applied. Owns everything it points to. */
 struct job_request {
-    char *text;         /* the prompt: valid UTF-8, no NUL inside, NUL-terminated */
-    size_t text_len;    /* bytes, without the terminator */
+    char *text;      /* the prompt: valid UTF-8, no NUL inside, NUL-terminated; NULL when
+                        the request has messages instead */
+    size_t text_len; /* bytes, without the terminator */
+    /* the chat instead of text (n_messages >= 1, text NULL), else NULL and 0: an optional
+     * system message first, then user and assistant turns alternating, the last from the
+     * user */
+    struct job_message *messages;
+    size_t n_messages;
     int max_tokens;     /* >= 1 */
     int *eos_token_ids; /* n_eos_token_ids ids, each >= 0; NULL when there are none */
     size_t n_eos_token_ids;
@@ -95,6 +116,12 @@ struct job_request {
  *
  * Fields, types and defaults are those of the contract in DESIGN.md; in
  * addition:
+ * - `messages` ([{"role": "system"|"user"|"assistant", "content": "..."}])
+ *   may stand instead of text (exactly one of the two; errors name
+ *   "messages", or "text" when neither is given): not empty; a system
+ *   message only first; then user and assistant alternate, starting and
+ *   ending with the user; each content a string; the contents together at
+ *   most max_text_bytes; other keys in a message are ignored;
  * - a JSON null for an optional field means "use the default"; for text or
  *   max_tokens it is the same as leaving the field out (an error);
  * - a number field accepts integers (1 means 1.0); an integer field does not
@@ -120,16 +147,21 @@ int job_request_parse(struct job_request **out, const char *body, size_t len,
                       const struct job_limits *lim, struct job_error *err,
                       struct job_unknown *unknown);
 
+/* "system", "user" or "assistant". Thread-safe. */
+const char *job_role_name(enum job_role role);
+
 /* Free a request and everything it owns. NULL is a no-op. */
 void job_request_destroy(struct job_request *r);
 
 /*
  * The canonical queue payload: one compact JSON object with every field in the
- * order of the contract, defaults filled in, seed only when has_seed.
+ * order of the contract, defaults filled in, seed only when has_seed, and
+ * "messages" in the place of "text" when the request has them.
  * job_request_parse() of it gives a request equal to r (job_request_equal).
  * r: borrowed. out: receives a new NUL-terminated string (free with free()).
- * Returns 0, JOB_ERR_INVALID (text or a stop string is not valid UTF-8 or
- * holds a NUL, a double is not finite, a count does not match) or
+ * Returns 0, JOB_ERR_INVALID (text, a message or a stop string is not valid
+ * UTF-8 or holds a NUL, neither or both of text and messages, a role out of
+ * range, a double is not finite, a count does not match) or
  * JOB_ERR_NOMEM. Thread-safe.
  */
 int job_request_to_json(const struct job_request *r, char **out);

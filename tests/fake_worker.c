@@ -335,6 +335,16 @@ static void take_on(struct fake *f, struct queue_claimed *c)
         log_debug("job %s attempt %ld: %s", j->c.id, j->c.attempt, j->error);
         return;
     }
+    if (!j->req->text) { /* a chat: the fake's prompt is its last message, from the user */
+        const struct job_message *last = &j->req->messages[j->req->n_messages - 1];
+        j->req->text = job_dup_n(last->content, last->content_len);
+        j->req->text_len = last->content_len;
+        if (!j->req->text) {
+            j->fail = 1;
+            snprintf(j->error, sizeof(j->error), "fake worker: out of memory");
+            return;
+        }
+    }
     const char *text = j->req->text;
     if (strstr(text, "CRASH")) {
         log_error("job %s asks for a crash: abort()", j->c.id);

@@ -2,7 +2,8 @@
  * Tests for common/job.c, the request half of the job protocol: one test per
  * validation rule, each checking the field the error names and what its
  * message says; bodies jansson refuses (bad UTF-8, NULs, truncated, not an
- * object); the queue payload round trip. Which member the raw-text scanner
+ * object); the chat field "messages", each of its rules naming it; the queue
+ * payload round trip, with text and with messages. Which member the raw-text scanner
  * names for a refused body is tested in test_jsonscan.c; responses in
  * test_job_response.c.
  */
@@ -252,6 +253,199 @@ static void test_quoted_input_in_message_stays_valid_utf8(void **state)
     j = json_string(err.message); // NULL unless valid UTF-8
     assert_non_null(j);
     json_decref(j);
+}
+
+/* ---- messages (a chat instead of text) ---- */
+
+#define USER_HI "{\"role\": \"user\", \"content\": \"hi\"}"
+
+static void test_messages_parsed(void **state)
+{
+    (void)state;
+    struct job_request *r = expect_ok(
+        "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, " USER_HI
+        ", {\"role\": \"assistant\", \"content\": \"Hello!\", \"name\": \"x\"}, "
+        "{\"content\": \"h\u00e9\", \"role\": \"user\"}], \"max_tokens\": 5, \"text\": null}");
+
+    assert_null(r->text);
+    assert_int_equal(r->n_messages, 4);
+    assert_int_equal(r->messages[0].role, JOB_ROLE_SYSTEM);
+    assert_string_equal(r->messages[0].content, "Be brief.");
+    assert_int_equal(r->messages[1].role, JOB_ROLE_USER);
+    assert_int_equal(r->messages[2].role, JOB_ROLE_ASSISTANT);
+    assert_string_equal(r->messages[2].content, "Hello!");
+    assert_string_equal(r->messages[3].content, "h\xc3\xa9");
+    assert_int_equal(r->messages[3].content_len, 3);
+    assert_string_equal(job_role_name(r->messages[2].role), "assistant");
+    job_request_destroy(r);
+
+    r = expect_ok("{\"messages\": [{\"role\": \"user\", \"content\": \"\"}], \"max_tokens\": 1}");
+    assert_int_equal(r->n_messages, 1);
+    assert_int_equal(r->messages[0].content_len, 0);
+    job_request_destroy(r);
+}
+
+static void test_text_and_messages_both_rejected(void **state)
+{
+    (void)state;
+    expect_error("{\"text\": \"a\", \"messages\": [" USER_HI "], \"max_tokens\": 5}", "messages",
+                 "either text or messages, not both");
+}
+
+static void test_neither_text_nor_messages_names_text(void **state)
+{
+    (void)state;
+    expect_error("{\"max_tokens\": 5, \"messages\": null}", "text", "text is required",
+                 "or messages");
+}
+
+static void test_messages_empty_or_not_a_list_rejected(void **state)
+{
+    (void)state;
+    expect_error("{\"messages\": [], \"max_tokens\": 5}", "messages", "must not be empty");
+    expect_error("{\"messages\": \"hi\", \"max_tokens\": 5}", "messages",
+                 "messages must be an array", "got string");
+    expect_error("{\"messages\": [\"hi\"], \"max_tokens\": 5}", "messages",
+                 "messages[0] must be an object with role and content, got string");
+}
+
+static void test_messages_bad_role_rejected(void **state)
+{
+    (void)state;
+    expect_error("{\"messages\": [{\"role\": \"bot\", \"content\": \"hi\"}], \"max_tokens\": 5}",
+                 "messages", "messages[0].role must be \"system\", \"user\" or \"assistant\"",
+                 "got \"bot\"");
+    expect_error("{\"messages\": [{\"role\": 5, \"content\": \"hi\"}], \"max_tokens\": 5}",
+                 "messages", "messages[0].role must be", "got 5");
+    expect_error("{\"messages\": [" USER_HI ", {\"content\": \"x\"}], \"max_tokens\": 5}",
+                 "messages", "messages[1].role is required");
+}
+
+static void test_messages_non_string_content_rejected(void **state)
+{
+    (void)state;
+    expect_error("{\"messages\": [{\"role\": \"user\", \"content\": 5}], \"max_tokens\": 5}",
+                 "messages", "messages[0].content must be a string, got 5");
+    expect_error("{\"messages\": [{\"role\": \"user\", \"content\": null}], \"max_tokens\": 5}",
+                 "messages", "messages[0].content must be a string, got null");
+    expect_error("{\"messages\": [{\"role\": \"user\", \"content\": [\"a\"]}], \"max_tokens\": 5}",
+                 "messages", "got array");
+    expect_error("{\"messages\": [{\"role\": \"user\"}], \"max_tokens\": 5}", "messages",
+                 "messages[0].content must be a string, got nothing");
+}
+
+static void test_messages_last_not_from_user_rejected(void **state)
+{
+    (void)state;
+    expect_error("{\"messages\": [" USER_HI ", {\"role\": \"assistant\", \"content\": \"x\"}],"
+                 " \"max_tokens\": 5}",
+                 "messages", "the last message must be from the user", "got \"assistant\"");
+    expect_error("{\"messages\": [{\"role\": \"system\", \"content\": \"x\"}], \"max_tokens\": 5}",
+                 "messages", "the last message must be from the user", "got \"system\"");
+}
+
+static void test_messages_must_alternate(void **state)
+{
+    (void)state;
+    expect_error("{\"messages\": [" USER_HI ", " USER_HI "], \"max_tokens\": 5}", "messages",
+                 "messages[1].role must be \"assistant\", got \"user\"", "alternate");
+    expect_error("{\"messages\": [{\"role\": \"assistant\", \"content\": \"x\"}, " USER_HI
+                 "], \"max_tokens\": 5}",
+                 "messages", "messages[0].role must be \"user\", got \"assistant\"");
+    expect_error("{\"messages\": [" USER_HI ", {\"role\": \"system\", \"content\": \"x\"}, " USER_HI
+                 "], \"max_tokens\": 5}",
+                 "messages", "messages[1] is a system message: only the first message may be one");
+}
+
+static void test_messages_invalid_utf8_names_messages(void **state)
+{
+    (void)state;
+    expect_error("{\"messages\": [{\"role\": \"user\", \"content\": \"\xff\"}], \"max_tokens\": 5}",
+                 "messages", "messages must be valid UTF-8");
+    expect_error("{\"messages\": [{\"role\": \"user\", \"content\": \"a\\u0000\"}], "
+                 "\"max_tokens\": 5}",
+                 "messages", "must not contain \\u0000");
+    expect_error("{\"messages\": [{\"role\": \"user\", \"role\": \"user\", \"content\": \"a\"}], "
+                 "\"max_tokens\": 5}",
+                 "messages", "duplicate key");
+}
+
+static void test_messages_over_size_limit_rejected(void **state)
+{
+    (void)state;
+    struct job_limits lim = JOB_LIMITS_DEFAULT;
+    struct job_request *r = NULL;
+    struct job_error err;
+
+    lim.max_text_bytes = 5;
+    // the contents count together: 2 + 1 + 3 bytes
+    expect_error_lim("{\"messages\": [" USER_HI ", {\"role\": \"assistant\", \"content\": \"x\"}, "
+                     "{\"role\": \"user\", \"content\": \"abc\"}], \"max_tokens\": 5}",
+                     &lim, "messages", "at most 5 bytes of content (the configured maximum)",
+                     "messages[2]");
+    const char *ok = "{\"messages\": [" USER_HI ", {\"role\": \"assistant\", \"content\": \"x\"}, "
+                     "{\"role\": \"user\", \"content\": \"ab\"}], \"max_tokens\": 5}";
+    assert_int_equal(parse_lim(ok, strlen(ok), &lim, &r, &err, NULL), 0);
+    job_request_destroy(r);
+}
+
+static void test_messages_payload_round_trip(void **state)
+{
+    (void)state;
+    struct job_request *a = expect_ok(
+        "{\"max_tokens\": 5, \"messages\": [{\"role\": \"system\", \"content\": \"S \\\"q\\\"\"}, "
+        "{\"role\": \"user\", \"content\": \"line\\nbreak \xf0\x9f\x98\x80\", \"x\": 1}]}");
+    struct job_request *b = NULL;
+    struct job_error err;
+    char *json = NULL;
+
+    assert_int_equal(job_request_to_json(a, &json), 0);
+    assert_string_equal(json, "{\"messages\":[{\"role\":\"system\",\"content\":\"S \\\"q\\\"\"},"
+                              "{\"role\":\"user\",\"content\":\"line\\nbreak \xf0\x9f\x98\x80\"}],"
+                              "\"max_tokens\":5,\"eos_token_ids\":[],"
+                              "\"max_input_tokens\":0,\"num_samples\":1,\"stop\":[],"
+                              "\"temperature\":1.0,\"top_k\":50,\"top_p\":1.0,"
+                              "\"presence_penalty\":0.0,\"frequency_penalty\":0.0}");
+    assert_int_equal(parse_lim(json, strlen(json), NULL, &b, &err, NULL), 0);
+    assert_true(job_request_equal(a, b));
+    b->messages[1].content[0] = 'L';
+    assert_false(job_request_equal(a, b));
+    b->messages[1].content[0] = 'l';
+    b->messages[0].role = JOB_ROLE_USER;
+    assert_false(job_request_equal(a, b));
+    free(json);
+    job_request_destroy(b);
+
+    b = expect_ok("{\"text\": \"line\\nbreak \xf0\x9f\x98\x80\", \"max_tokens\": 5}");
+    assert_false(job_request_equal(a, b));
+    assert_false(job_request_equal(b, a));
+    job_request_destroy(a);
+    job_request_destroy(b);
+}
+
+static void test_messages_to_json_rejects_what_parse_refuses(void **state)
+{
+    (void)state;
+    struct job_message bad_utf8[] = {{JOB_ROLE_USER, "\xff", 1}};
+    struct job_message last_assistant[] = {{JOB_ROLE_USER, "a", 1}, {JOB_ROLE_ASSISTANT, "b", 1}};
+    struct job_message ok[] = {{JOB_ROLE_USER, "a", 1}};
+    struct job_request r = {.max_tokens = 1, .num_samples = 1};
+    char *json = (char *)1;
+
+    r.messages = bad_utf8;
+    r.n_messages = 1;
+    assert_int_equal(job_request_to_json(&r, &json), JOB_ERR_INVALID);
+    assert_null(json);
+    r.messages = last_assistant;
+    r.n_messages = 2;
+    assert_int_equal(job_request_to_json(&r, &json), JOB_ERR_INVALID);
+    r.messages = ok;
+    r.n_messages = 1;
+    r.text = "a"; // both
+    assert_int_equal(job_request_to_json(&r, &json), JOB_ERR_INVALID);
+    r.text = NULL;
+    assert_int_equal(job_request_to_json(&r, &json), 0);
+    free(json);
 }
 
 /* ---- max_tokens ---- */
@@ -698,6 +892,18 @@ int main(void)
         cmocka_unit_test(test_lone_surrogate_in_text_names_text),
         cmocka_unit_test(test_raw_newline_in_text_names_text),
         cmocka_unit_test(test_quoted_input_in_message_stays_valid_utf8),
+        cmocka_unit_test(test_messages_parsed),
+        cmocka_unit_test(test_text_and_messages_both_rejected),
+        cmocka_unit_test(test_neither_text_nor_messages_names_text),
+        cmocka_unit_test(test_messages_empty_or_not_a_list_rejected),
+        cmocka_unit_test(test_messages_bad_role_rejected),
+        cmocka_unit_test(test_messages_non_string_content_rejected),
+        cmocka_unit_test(test_messages_last_not_from_user_rejected),
+        cmocka_unit_test(test_messages_must_alternate),
+        cmocka_unit_test(test_messages_invalid_utf8_names_messages),
+        cmocka_unit_test(test_messages_over_size_limit_rejected),
+        cmocka_unit_test(test_messages_payload_round_trip),
+        cmocka_unit_test(test_messages_to_json_rejects_what_parse_refuses),
         cmocka_unit_test(test_missing_max_tokens_names_max_tokens),
         cmocka_unit_test(test_max_tokens_zero_rejected),
         cmocka_unit_test(test_max_tokens_above_limit_rejected),

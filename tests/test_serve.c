@@ -188,6 +188,11 @@ static void test_health_stats_and_the_reference_text(void **state)
         clock_sleep_ms(50);
     } while (clock_now_ms() < deadline);
     assert_non_null(s);
+    /* what the worker reports with its heartbeat shows (valid JSON, the model named) */
+    json_t *runner = json_array_get(json_object_get(s, "runners"), 0);
+    assert_non_null(json_string_value(json_object_get(runner, "model")));
+    assert_string_equal(json_string_value(json_object_get(runner, "device")), "cpu");
+    assert_true(json_integer_value(json_object_get(s, "kv_blocks_total")) > 0);
     json_decref(s);
     for (int i = 0; i < 3; i++) {
         char path[256];

@@ -17,6 +17,7 @@
 #include "common/clock.h"
 #include "common/job_response.h"
 #include "kernels/backend.h"
+#include "worker/chat.h"
 #include "worker/kvcache.h"
 #include "worker/model.h"
 #include "worker/sequence.h"
@@ -300,7 +301,6 @@ static int add_delta(struct sched *s, struct job *j, int sample, const char *tex
 /* Build the Flywheel response and the timing of a finished job. */
 static int job_result(struct sched *s, struct job *j)
 {
-    (void)s;
     struct job_sample *samples = calloc((size_t)j->n_samples, sizeof(*samples));
     if (!samples)
         return -1;
@@ -319,14 +319,23 @@ static int job_result(struct sched *s, struct job *j)
         if (q->n_new > longest)
             longest = q->n_new;
     }
+    /* a chat's prompt is its template, as the model read it */
+    char *chat = NULL;
+    size_t chat_len = 0;
+    if (j->req->n_messages > 0 &&
+        chat_render(s->m->tok, j->req->messages, j->req->n_messages, &chat, &chat_len) != 0) {
+        free(samples);
+        return -1;
+    }
     struct job_response r = {.created = j->pub.created > 0 ? j->pub.created : finished,
                              .finished = finished,
-                             .prompt = j->req->text,
-                             .prompt_len = j->req->text_len,
+                             .prompt = chat ? chat : j->req->text,
+                             .prompt_len = chat ? chat_len : j->req->text_len,
                              .prompt_tokens = j->n_prompt,
                              .samples = samples,
                              .num_samples = (size_t)j->n_samples};
     int rc = job_response_to_json(&r, &j->pub.result);
+    free(chat);
     free(samples);
     snprintf(j->pub.timing, sizeof(j->pub.timing),
              "{\"first_token_ms\":%.0f,\"last_token_ms\":%.0f,\"tokens\":%d}", j->first_token_ms,

@@ -12,23 +12,46 @@
 #include <string.h>
 
 #include "common/clock.h"
+#include "worker/chat.h"
 #include "worker/model.h"
 #include "worker/sampler.h"
+
+/* The ids of req's prompt before max_input_tokens: text with BOS, or the chat
+ * template of its messages. *out new (free()). */
+static int encode_prompt(const struct model *m, const struct job_request *req, int **out,
+                         size_t *got, char *err, size_t errlen)
+{
+    if (req->n_messages > 0) {
+        int rc = chat_encode(m->tok, req->messages, req->n_messages, out, got);
+        if (rc != 0)
+            snprintf(err, errlen, "%s",
+                     rc == CHAT_ERR_NOMEM ? "out of memory tokenizing the chat"
+                                          : "the messages could not be "
+                                            "tokenized");
+        return rc != 0 ? -1 : 0;
+    }
+    size_t cap = TOK_ENCODE_BOUND(req->text_len);
+    *out = malloc(cap * sizeof(**out));
+    if (!*out) {
+        snprintf(err, errlen, "out of memory tokenizing the prompt");
+        return -1;
+    }
+    if (tok_encode(m->tok, req->text, req->text_len, 1, *out, cap, got) != 0) {
+        free(*out);
+        *out = NULL;
+        snprintf(err, errlen, "the prompt could not be tokenized");
+        return -1;
+    }
+    return 0;
+}
 
 int seq_tokenize_prompt(const struct model *m, const struct job_request *req, int **ids, int *n,
                         char *err, size_t errlen)
 {
-    size_t cap = TOK_ENCODE_BOUND(req->text_len), got = 0;
-    int *out = malloc(cap * sizeof(*out));
-    if (!out) {
-        snprintf(err, errlen, "out of memory tokenizing the prompt");
+    int *out = NULL;
+    size_t got = 0;
+    if (encode_prompt(m, req, &out, &got, err, errlen) < 0)
         return -1;
-    }
-    if (tok_encode(m->tok, req->text, req->text_len, 1, out, cap, &got) != 0) {
-        free(out);
-        snprintf(err, errlen, "the prompt could not be tokenized");
-        return -1;
-    }
     int bos = tok_bos_id(m->tok);
     if (req->max_input_tokens > 0 && got > (size_t)req->max_input_tokens) {
         size_t keep = (size_t)req->max_input_tokens, from = got - keep;

@@ -42,8 +42,9 @@ struct seq {
 };
 
 /*
- * Tokenize req's prompt with m's tokenizer into *ids (new, free()) and *n,
- * applying max_input_tokens (the last N tokens are kept; when BOS falls off,
+ * Tokenize req's prompt with m's tokenizer into *ids (new, free()) and *n:
+ * its text with BOS, or its messages through the chat template
+ * (worker/chat.h). Then max_input_tokens applies (the last N tokens are kept; when BOS falls off,
  * it takes the place of the oldest kept token, so the model still sees it
  * first). Fails (-1, err) when the prompt does not fit the context together
  * with at least one generated token.
