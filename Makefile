@@ -76,7 +76,8 @@ test_deps = $(call $(1),$(COMMON_SRC) $(SUPPORT_SRC) $(ENGINE_SRC) \
 	$(filter $(patsubst tests/test_%.c,api/%.c,$(2)),$(filter-out api/main.c,$(API_SRC))))
 
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
-ASAN_TESTS := $(patsubst tests/%.c,$(BUILD)/asan/tests/%,$(TEST_SRC))
+# test_readme runs the README's commands, which name build/ programs: once is enough
+ASAN_TESTS := $(patsubst tests/%.c,$(BUILD)/asan/tests/%,$(filter-out tests/test_readme.c,$(TEST_SRC)))
 BENCHES    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(BENCH_SRC))
 FUZZERS    := $(patsubst tests/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 TOOLS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TOOL_SRC))

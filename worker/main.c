@@ -10,6 +10,7 @@
  *
  * Each subcommand has its own flags and --help.
  */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 #include "kernels/cpu/dtype.h"
 #include "worker/bench.h"
 #include "worker/engine.h"
+#include "worker/fetch.h"
 #include "worker/make_model.h"
 #include "worker/model.h"
 #include "worker/serve.h"
@@ -56,6 +58,24 @@ static int exit_of(int rc)
     return rc < 0 ? 0 : rc;
 }
 
+#define MODEL_HELP                                                                                 \
+    "GGUF model: a path, an http(s) URL or hf:owner/repo/file.gguf[@revision] (downloaded "        \
+    "once into $MILLRACE_CACHE, default ~/.cache/millrace)."
+
+/* --model as given (a path, a URL or hf:...) to a local file in buf, downloading it
+ * into the cache ($MILLRACE_CACHE, as serve --cache-dir) when needed. Returns the
+ * path, or NULL after printing why. */
+static const char *resolve_model(const char *cmd, const char *spec, char *buf, size_t cap)
+{
+    char err[512];
+    struct fetch_opts fo = {.retries = 3};
+    if (fetch_resolve_model(spec, &fo, buf, cap, err, sizeof(err)) < 0) {
+        fprintf(stderr, "millrace-worker %s: %s\n", cmd, err);
+        return NULL;
+    }
+    return buf;
+}
+
 /* ---- generate ----------------------------------------------------------- */
 
 static void print_text(void *ctx, const char *text, size_t len)
@@ -81,7 +101,7 @@ static int cmd_generate(int argc, char **argv)
     int json_out, has_seed_flag;
     struct config_list stops;
     const struct config_option options[] = {
-        {"model", "MILLRACE_MODEL", CONFIG_STRING, &model, NULL, 0, 0, "FILE", "GGUF model."},
+        {"model", "MILLRACE_MODEL", CONFIG_STRING, &model, NULL, 0, 0, "MODEL", MODEL_HELP},
         {"prompt", NULL, CONFIG_STRING, &prompt, NULL, 0, 0, "TEXT", "The prompt."},
         {"max-tokens", NULL, CONFIG_INT, &max_tokens, "32", 1, 10000000, "N",
          "Tokens to generate at most."},
@@ -142,11 +162,13 @@ static int cmd_generate(int argc, char **argv)
         return 2;
     }
 
-    char err[512];
+    char err[512], file[PATH_MAX];
     struct engine *e = NULL;
-    struct engine_opts eo = {.model_path = model, .device = device, .n_threads = (int)threads};
-    if (engine_create(&e, &eo, err, sizeof(err)) < 0) {
-        fprintf(stderr, "millrace-worker generate: %s\n", err);
+    struct engine_opts eo = {.device = device, .n_threads = (int)threads};
+    if (!(eo.model_path = resolve_model("generate", model, file, sizeof(file))) ||
+        engine_create(&e, &eo, err, sizeof(err)) < 0) {
+        if (eo.model_path)
+            fprintf(stderr, "millrace-worker generate: %s\n", err);
         job_request_destroy(req);
         return 1;
     }
@@ -196,8 +218,7 @@ static int cmd_tokenize(int argc, char **argv)
     const char *model = NULL, *text = NULL;
     int no_bos;
     const struct config_option options[] = {
-        {"model", "MILLRACE_MODEL", CONFIG_STRING, &model, NULL, 0, 0, "FILE",
-         "GGUF model (or vocabulary) file."},
+        {"model", "MILLRACE_MODEL", CONFIG_STRING, &model, NULL, 0, 0, "MODEL", MODEL_HELP},
         {"text", NULL, CONFIG_STRING, &text, NULL, 0, 0, "TEXT", "Text to tokenize."},
         {"no-bos", NULL, CONFIG_BOOL, &no_bos, "false", 0, 0, NULL, "Do not add BOS."},
     };
@@ -211,9 +232,11 @@ static int cmd_tokenize(int argc, char **argv)
         fprintf(stderr, "millrace-worker tokenize: --model and --text are required\n");
         return 2;
     }
-    char err[512];
+    char err[512], file[PATH_MAX];
     struct gguf_file *f = NULL;
     struct tokenizer *t = NULL;
+    if (!(model = resolve_model("tokenize", model, file, sizeof(file))))
+        return 1;
     if (gguf_open(&f, model, err, sizeof(err)) < 0 || tok_load_gguf(&t, f, err, sizeof(err)) < 0) {
         fprintf(stderr, "millrace-worker tokenize: %s: %s\n", model, err);
         gguf_close(f);
@@ -349,7 +372,7 @@ static int cmd_bench(int argc, char **argv)
     long long threads, n_prompt, n_decode, steps;
     int json_out;
     const struct config_option options[] = {
-        {"model", "MILLRACE_MODEL", CONFIG_STRING, &model, NULL, 0, 0, "FILE", "GGUF model."},
+        {"model", "MILLRACE_MODEL", CONFIG_STRING, &model, NULL, 0, 0, "MODEL", MODEL_HELP},
         {"synthetic", NULL, CONFIG_STRING, &synthetic, NULL, 0, 0, "PRESET",
          "Instead of a file: random weights of a make-model preset's shape (mistral-7b) made on "
          "the device (--device cuda). Reports batch-1 decode and its share of the memory "
@@ -387,7 +410,9 @@ static int cmd_bench(int argc, char **argv)
         fprintf(stderr, "millrace-worker bench: --model or --synthetic is required\n");
         return 2;
     }
-    char err[512];
+    char err[512], file[PATH_MAX];
+    if (!(model = resolve_model("bench", model, file, sizeof(file))))
+        return 1;
     struct engine *e = NULL;
     struct engine_opts eo = {.model_path = model,
                              .device = device,
