@@ -34,10 +34,10 @@ table() {
         }'
 }
 
-echo "#### millrace-api"
+echo "#### \`millrace-api\`"
 echo
 build/millrace-api --help | table
 echo
-echo "#### millrace-worker serve"
+echo "#### \`millrace-worker serve\`"
 echo
 build/millrace-worker serve --help | table

@@ -17,7 +17,8 @@
  *
  * A second run serves MODEL=http://127.0.0.1:.../demo.gguf from a loopback
  * file server: the worker downloads it into MILLRACE_CACHE and answers, and
- * the CLI then finds the same URL in the cache without a request.
+ * the CLI then finds the same URL in the cache without a request. And the
+ * configuration tables are what scripts/config-table.sh makes of --help.
  *
  * Built only without sanitizers: the examples name build/ programs.
  */
@@ -394,6 +395,8 @@ static int readme_examples(struct example *out, int cap)
             buf_str(&expected, "\n");
         }
     }
+    if (have) /* a block the README never closed */
+        fail_msg("README.md:%d: the ```sh block of this example is not closed", cur_line);
     free(text);
     return n;
 }
@@ -812,6 +815,36 @@ static void test_make_run_serves_a_model_by_url(void **state)
     free(model);
 }
 
+/* The configuration tables are scripts/config-table.sh's output: every line
+ * of it (each flag, its variable, default and text) is in the README. */
+static void test_readme_lists_every_flag_as_the_programs_do(void **state)
+{
+    (void)state;
+    char *tables = NULL, *readme = slurp("README.md", NULL);
+    assert_non_null(readme);
+    assert_int_equal(run_bash("scripts/config-table.sh", &tables), 0);
+    int rows = 0, missing = 0;
+    for (char *line = tables, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        if (!*line)
+            continue;
+        char want[4096];
+        snprintf(want, sizeof(want), "\n%s\n", line);
+        rows += line[0] == '|';
+        if (!strstr(readme, want)) {
+            fprintf(stderr, "README.md lacks this line of scripts/config-table.sh:\n%s\n", line);
+            missing++;
+        }
+    }
+    printf("%d table rows checked\n", rows);
+    assert_true(rows > 40);
+    assert_int_equal(missing, 0);
+    free(tables);
+    free(readme);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -835,6 +868,7 @@ int main(void)
         cmocka_unit_test_teardown(test_make_run_answers_every_readme_example_and_stops_on_ctrl_c,
                                   kill_current),
         cmocka_unit_test_teardown(test_make_run_serves_a_model_by_url, kill_current),
+        cmocka_unit_test(test_readme_lists_every_flag_as_the_programs_do),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
