@@ -521,6 +521,54 @@ static void test_server_ignoring_the_range_starts_over(void **state)
     file_server_stop(s);
 }
 
+/* An interrupted download resumes only while the file on the server is the
+ * one the .part began with (If-Range with its ETag); once it changed, the
+ * server's 200 starts the file over: never half of each version. */
+static void test_resume_sends_if_range_and_a_changed_file_starts_over(void **state)
+{
+    (void)state;
+    char *v2 = malloc(model_len);
+    assert_non_null(v2);
+    for (size_t i = 0; i < model_len; i++)
+        v2[i] = (char)(model[i] ^ 0x5a);
+    for (int changed = 0; changed < 2; changed++) {
+        struct file_server *s =
+            serve((struct file_server_opts){.drop_after = MIB, .etag = "\"v1\""});
+        char url[256], cache[128], out[1024], err[1024], file[1024], part[1100], vfile[1200];
+        url_of(s, MODEL_PATH, url, sizeof(url));
+        struct fetch_opts o = quiet(new_cache(cache, sizeof(cache)));
+        cached_path(url, cache, file, sizeof(file));
+        snprintf(part, sizeof(part), "%s.part", file);
+        snprintf(vfile, sizeof(vfile), "%s.validator", part);
+
+        assert_int_equal(fetch_resolve_model(url, &o, out, sizeof(out), err, sizeof(err)),
+                         FETCH_EPARTIAL);
+        assert_int_equal(file_size(part), MIB);
+        size_t n;
+        char *v = read_all(vfile, &n);
+        assert_string_equal(v, "\"v1\"\n");
+        free(v);
+        if (changed)
+            file_server_replace(s, v2, model_len, "\"v2\"");
+
+        if (fetch_resolve_model(url, &o, out, sizeof(out), err, sizeof(err)) != 0)
+            fail_msg("%s", err);
+        struct file_server_request r[4];
+        assert_int_equal(file_server_requests(s, r, 4), 2);
+        assert_string_equal(r[1].if_range, "\"v1\"");
+        assert_string_equal(r[1].range, "bytes=1048576-");
+        assert_int_equal(r[1].status, changed ? 200 : 206);
+        char *got = read_all(out, &n);
+        assert_int_equal(n, model_len);
+        assert_memory_equal(got, changed ? v2 : model, model_len);
+        free(got);
+        assert_false(exists(vfile));
+        assert_false(exists(part));
+        file_server_stop(s);
+    }
+    free(v2);
+}
+
 static void test_complete_part_is_finished_by_a_416(void **state)
 {
     (void)state;
@@ -1004,6 +1052,7 @@ int main(void)
         cmocka_unit_test(test_interrupted_download_keeps_the_part_and_resumes),
         cmocka_unit_test(test_retries_resume_within_one_call),
         cmocka_unit_test(test_server_ignoring_the_range_starts_over),
+        cmocka_unit_test(test_resume_sends_if_range_and_a_changed_file_starts_over),
         cmocka_unit_test(test_complete_part_is_finished_by_a_416),
         cmocka_unit_test(test_sha256_match_and_mismatch),
         cmocka_unit_test(test_token_is_required_and_sent_to_the_endpoint),

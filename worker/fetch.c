@@ -10,6 +10,12 @@
  * over, a 206 must start exactly where the .part ends, anything else (a
  * redirect, an error page) is not written. Bytes go in with pwrite at their
  * offset, so starting over is an ftruncate and nothing else.
+ *
+ * A resume must not splice two versions of a file (hf:...@main can change
+ * between attempts): the validator of the response that started the .part
+ * (a strong ETag, else Last-Modified) is kept in "<file>.part.validator"
+ * and sent as If-Range with every later Range request, so a server whose
+ * file changed answers 200 with the whole new file, which starts over.
  */
 #include "worker/fetch.h"
 
@@ -390,9 +396,11 @@ struct xfer {
     uint64_t written; /* bytes this response added */
     uint64_t total;   /* the whole file's size, 0 while unknown */
     enum fetch_progress mode;
+    char validator[256]; /* If-Range for the .part's bytes: ETag or date, or "" */
 
     /* the current response */
     long status;
+    char etag[256], last_modified[128];
     int body; /* its body goes to the file */
     int64_t content_length;
     char content_range[128];
@@ -418,6 +426,8 @@ static void reset_response(struct xfer *x)
     x->body = 0;
     x->content_length = -1;
     x->content_range[0] = '\0';
+    x->etag[0] = '\0';
+    x->last_modified[0] = '\0';
     x->server_msg[0] = '\0';
     x->server_msg_len = 0;
     x->from_header = 0;
@@ -438,6 +448,43 @@ static int header_value(const char *p, size_t n, const char *name, char *out, si
     return 1;
 }
 
+/* "<part>.validator" into out; -1 when it does not fit. */
+static int validator_path(const char *part, char *out, size_t cap)
+{
+    return snprintf(out, cap, "%s.validator", part) < (int)cap ? 0 : -1;
+}
+
+/* A 200 starts the .part: remember what identifies its bytes (a weak ETag
+ * may not be used with If-Range). */
+static void validator_keep(struct xfer *x)
+{
+    char path[PATH_MAX + 32];
+    x->validator[0] = '\0';
+    if (validator_path(x->part, path, sizeof(path)) < 0)
+        return;
+    const char *v = x->etag[0] && strncmp(x->etag, "W/", 2) != 0 ? x->etag : x->last_modified;
+    snprintf(x->validator, sizeof(x->validator), "%s", v);
+    FILE *f = x->validator[0] ? fopen(path, "we") : NULL;
+    if (!f || fprintf(f, "%s\n", x->validator) < 0 || fclose(f) != 0) {
+        /* without it a later resume cannot tell a changed file: start over then */
+        unlink(path);
+        x->validator[0] = '\0';
+    }
+}
+
+/* The validator of an existing .part (x->validator, "" when unknown). */
+static void validator_load(struct xfer *x)
+{
+    char path[PATH_MAX + 32];
+    x->validator[0] = '\0';
+    FILE *f = validator_path(x->part, path, sizeof(path)) == 0 ? fopen(path, "re") : NULL;
+    if (!f)
+        return;
+    if (fgets(x->validator, sizeof(x->validator), f))
+        x->validator[strcspn(x->validator, "\r\n")] = '\0';
+    fclose(f);
+}
+
 /* The headers are complete: decide whether the body goes into the file.
  * Returns 0, or -1 to abort the transfer. */
 static int headers_done(struct xfer *x)
@@ -446,7 +493,9 @@ static int headers_done(struct xfer *x)
         return 0;
     if (x->status == 200) {
         if (x->offset > 0) {
-            log_info("%s: the server ignored the range request; starting over", x->name);
+            log_info("%s: %s; starting over", x->name,
+                     x->validator[0] ? "the file changed on the server (or it ignores ranges)"
+                                     : "the server ignored the range request");
             if (ftruncate(x->fd, 0) < 0) {
                 x->write_errno = errno;
                 return -1;
@@ -454,6 +503,7 @@ static int headers_done(struct xfer *x)
             x->offset = 0;
         }
         x->total = x->content_length >= 0 ? (uint64_t)x->content_length : 0;
+        validator_keep(x);
     } else {
         unsigned long long a = 0, b = 0, t = 0;
         char star = 0;
@@ -496,6 +546,8 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *arg)
     } else if (header_value(p, n, "Content-Length", v, sizeof(v))) {
         x->content_length = strtoll(v, NULL, 10);
     } else if (header_value(p, n, "Content-Range", x->content_range, sizeof(x->content_range))) {
+    } else if (header_value(p, n, "ETag", x->etag, sizeof(x->etag))) {
+    } else if (header_value(p, n, "Last-Modified", x->last_modified, sizeof(x->last_modified))) {
     } else if (header_value(p, n, "X-Error-Message", x->server_msg, sizeof(x->server_msg))) {
         x->from_header = 1;
     } else if (n <= 2 && (p[0] == '\r' || p[0] == '\n')) {
@@ -646,7 +698,7 @@ struct cfg {
  */
 static int transfer(struct xfer *x, const struct cfg *c, long *status, char *err, size_t errlen)
 {
-    char url[FETCH_URL_MAX], authz[1024] = "", range[64];
+    char url[FETCH_URL_MAX], authz[1024] = "", range[64], if_range[300];
     snprintf(url, sizeof(url), "%s", x->url);
     if (c->token && *c->token)
         snprintf(authz, sizeof(authz), "Authorization: Bearer %s", c->token);
@@ -698,6 +750,9 @@ static int transfer(struct xfer *x, const struct cfg *c, long *status, char *err
         if (x->offset > 0) {
             snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-", x->offset);
             if ((tmp = curl_slist_append(hdrs, range)))
+                hdrs = tmp;
+            snprintf(if_range, sizeof(if_range), "If-Range: %s", x->validator);
+            if (x->validator[0] && (tmp = curl_slist_append(hdrs, if_range)))
                 hdrs = tmp;
         }
         sent_token |= give_token;
@@ -968,6 +1023,8 @@ static int download(const char *url, const char *final, const struct cfg *c, cha
     struct xfer x = {
         .url = url, .part = part, .name = name, .cancel = c->cancel, .fd = fd, .mode = c->progress};
     x.offset = (uint64_t)st.st_size;
+    if (x.offset > 0)
+        validator_load(&x);
     char s1[32];
     if (x.offset > 0)
         log_info("resuming %s at %s (%s)", url, fmt_size(x.offset, s1, sizeof(s1)), part);
@@ -1039,6 +1096,9 @@ static int download(const char *url, const char *final, const struct cfg *c, cha
         rc = FETCH_EIO;
         goto out;
     }
+    char vpath[PATH_MAX + 32];
+    if (validator_path(part, vpath, sizeof(vpath)) == 0)
+        unlink(vpath);
     if (c->sha256)
         sidecar_write(final, got);
     int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -21,6 +21,7 @@ struct file_server {
     const char *data;
     size_t len;
     char *path, *token, *redirect_to;
+    char *etag; /* with data and len: changed by file_server_replace, under lock */
     size_t drop_after, stall_after;
     int stall_ms, ignore_range;
     int port;
@@ -33,9 +34,11 @@ struct file_server {
     struct file_server_request log[FILE_SERVER_LOG_MAX];
 };
 
-/* One body being sent: data[start, start + len). */
+/* One body being sent: data[start, start + len) of the file as it was when
+ * the request came. */
 struct body {
     struct file_server *s;
+    const char *data;
     size_t start, len;
     size_t drop_after, stall_after; /* 0: none (relative to this body) */
     int stall_ms;
@@ -69,7 +72,7 @@ static ssize_t read_body(void *cls, uint64_t pos, char *buf, size_t max)
             n = b->stall_after - (size_t)pos;
         }
     }
-    memcpy(buf, b->s->data + b->start + pos, n);
+    memcpy(buf, b->data + b->start + pos, n);
     return (ssize_t)n;
 }
 
@@ -125,6 +128,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     const char *range = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range");
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    const char *if_range = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "If-Range");
 
     pthread_mutex_lock(&s->lock);
     int idx = s->n_requests++;
@@ -135,7 +139,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         copy(rec->path, sizeof(rec->path), url);
         copy(rec->range, sizeof(rec->range), range);
         copy(rec->authorization, sizeof(rec->authorization), auth);
+        copy(rec->if_range, sizeof(rec->if_range), if_range);
     }
+    /* the file as it is now (file_server_replace may change it) */
+    const char *data = s->data;
+    size_t len = s->len;
+    char etag[128] = "";
+    if (s->etag)
+        copy(etag, sizeof(etag), s->etag);
     pthread_mutex_unlock(&s->lock);
 
     int status;
@@ -157,25 +168,28 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
         MHD_add_response_header(r, "Location", s->redirect_to);
     } else {
-        size_t a = 0, b = s->len ? s->len - 1 : 0;
-        int open_end = 1,
-            ranged = range && !s->ignore_range && parse_range(range, &a, &b, &open_end) == 0;
-        if (ranged && a >= s->len) {
+        size_t a = 0, b = len ? len - 1 : 0;
+        /* If-Range: the range only while the client's copy is the current file */
+        int current = !if_range || (etag[0] && strcmp(if_range, etag) == 0);
+        int open_end = 1, ranged = range && !s->ignore_range && current &&
+                                   parse_range(range, &a, &b, &open_end) == 0;
+        if (ranged && a >= len) {
             status = 416;
             r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
-            snprintf(hdr, sizeof(hdr), "bytes */%zu", s->len);
+            snprintf(hdr, sizeof(hdr), "bytes */%zu", len);
             MHD_add_response_header(r, "Content-Range", hdr);
         } else {
-            if (!ranged || open_end || b >= s->len)
-                b = s->len ? s->len - 1 : 0;
+            if (!ranged || open_end || b >= len)
+                b = len ? len - 1 : 0;
             if (!ranged)
                 a = 0;
             struct body *bd = calloc(1, sizeof(*bd));
             if (!bd)
                 return MHD_NO;
             bd->s = s;
+            bd->data = data;
             bd->start = a;
-            bd->len = s->len ? b - a + 1 : 0;
+            bd->len = len ? b - a + 1 : 0;
             pthread_mutex_lock(&s->lock);
             if (!s->first_body_spent) {
                 s->first_body_spent = 1;
@@ -191,9 +205,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                 return MHD_NO;
             }
             if (ranged) {
-                snprintf(hdr, sizeof(hdr), "bytes %zu-%zu/%zu", a, b, s->len);
+                snprintf(hdr, sizeof(hdr), "bytes %zu-%zu/%zu", a, b, len);
                 MHD_add_response_header(r, "Content-Range", hdr);
             }
+            if (etag[0])
+                MHD_add_response_header(r, "ETag", etag);
             MHD_add_response_header(r, "Accept-Ranges", "bytes");
             MHD_add_response_header(r, "Content-Type", "application/octet-stream");
         }
@@ -218,6 +234,7 @@ static void free_server(struct file_server *s)
     free(s->path);
     free(s->token);
     free(s->redirect_to);
+    free(s->etag);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
@@ -237,6 +254,7 @@ int file_server_start(struct file_server **out, const struct file_server_opts *o
     s->stall_after = o->stall_after;
     s->stall_ms = o->stall_ms;
     s->ignore_range = o->ignore_range;
+    s->etag = dup_or_null(o->etag);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     s->daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
@@ -259,6 +277,17 @@ int file_server_start(struct file_server **out, const struct file_server_opts *o
     snprintf(s->base, sizeof(s->base), "http://127.0.0.1:%d", s->port);
     *out = s;
     return 0;
+}
+
+void file_server_replace(struct file_server *s, const void *data, size_t len, const char *etag)
+{
+    char *e = dup_or_null(etag);
+    pthread_mutex_lock(&s->lock);
+    s->data = data;
+    s->len = len;
+    free(s->etag);
+    s->etag = e;
+    pthread_mutex_unlock(&s->lock);
 }
 
 int file_server_port(const struct file_server *s)

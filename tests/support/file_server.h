@@ -6,7 +6,9 @@
  * range requests (206, 416), and can misbehave on purpose: require a bearer
  * token (401 otherwise), answer every request with a redirect, ignore Range
  * (200 with the whole body), close the connection after N bytes of the first
- * body it sends, or stall for a while after N bytes. Every request is
+ * body it sends, or stall for a while after N bytes. With an ETag it honours
+ * If-Range (a range only while the client's validator is current), and the
+ * file can change under the client (file_server_replace). Every request is
  * recorded (method, path, Range and Authorization headers, the status
  * answered) so that a test can assert what the client sent, or that it sent
  * nothing at all.
@@ -29,6 +31,7 @@ struct file_server_opts {
     size_t stall_after;      /* > 0: the first body sent pauses after this many bytes ... */
     int stall_ms;            /* ... for this long, then carries on */
     int ignore_range;        /* answer 200 with the whole body even to a Range request */
+    const char *etag;        /* non-NULL: sent as ETag; an If-Range that differs gets 200 */
 };
 
 /* One request as the server saw it. */
@@ -37,6 +40,7 @@ struct file_server_request {
     char path[256];
     char range[128];         /* the Range header, or "" */
     char authorization[256]; /* the Authorization header, or "" */
+    char if_range[128];      /* the If-Range header, or "" */
     int status;              /* the status answered */
 };
 
@@ -50,6 +54,10 @@ struct file_server;
  * or -1 with a message on stderr.
  */
 int file_server_start(struct file_server **out, const struct file_server_opts *o);
+
+/* Serve other bytes (borrowed, as data) with another ETag (copied; NULL: none)
+ * from the next request on: the file changed on the server. */
+void file_server_replace(struct file_server *s, const void *data, size_t len, const char *etag);
 
 /* The server's port, and its base URL "http://127.0.0.1:<port>" (owned by s). */
 int file_server_port(const struct file_server *s);
