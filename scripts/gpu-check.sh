@@ -134,6 +134,10 @@ EOF
         cc $(pkg-config --cflags hiredis libmicrohttpd jansson libcurl 2>/dev/null) \
             "$WORK/probe.c" -o "$WORK/probe" -lhiredis -lmicrohttpd -ljansson -lcmocka -lcurl; then
         echo "the machine has every library the build needs"
+        # the Makefile asks pkg-config for the flags: without it (or the .pc
+        # files) it would link with none of them
+        pkg-config --exists hiredis libmicrohttpd jansson libcurl 2> /dev/null ||
+            MAKE_ARGS=(PKG_CFLAGS= PKG_LIBS="-lhiredis -lmicrohttpd -ljansson -lcurl")
         return 0
     fi
     if ! ls "$CHECK"/debs/*.deb > /dev/null 2>&1; then
@@ -211,6 +215,7 @@ memcheck() {
         local r=$?
         grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED|SKIPPED  \]|rror" "$WORK/memcheck.out" | head -20
         echo "   exit $r"
+        [ $r -eq 124 ] && echo "   timed out: no verdict (not a memory error)"
         [ $r -ne 0 ] && rc=1
     done
     return $rc

@@ -374,9 +374,11 @@ static int alloc_buffers(kcu_backend *b, char *err, size_t errlen)
         size_t free_b = 0, total_b = 0;
         KCU_CK(cudaMemGetInfo(&free_b, &total_b));
         const size_t keep = (size_t)1 << 30; // for cuBLAS, graphs and the driver
-        b->kv_blocks = free_b > keep ? (int)((free_b - keep) / 10 * 9 / per_block) : 0;
-        if (b->kv_blocks > (1 << 30) / 2)
-            b->kv_blocks = (1 << 30) / 2;
+        // clamped before the cast: a small model's blocks can outnumber INT_MAX
+        size_t n = free_b > keep ? (free_b - keep) / 10 * 9 / per_block : 0;
+        if (n > (1u << 30) / 2)
+            n = (1u << 30) / 2;
+        b->kv_blocks = (int)n;
         if (b->kv_blocks < 1) {
             snprintf(err, errlen, "no device memory left for the KV cache (%zu MiB free)",
                      free_b >> 20);
