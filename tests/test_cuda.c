@@ -203,13 +203,15 @@ static double max_rel(const float *a, const float *b, size_t n, double floor)
 }
 
 /* Q8_0 rows from the kernel against kc_quantize_q8_0_split of ref: equal,
- * except a value may move by one step where ref itself is a rounding away. */
+ * except a value may move by one step where ref itself is a rounding away,
+ * and a block's scale (an fp16 value) by one fp16 step where the GPU's amax
+ * is a last bit away from the CPU's (its expf is not the CPU's). */
 static void check_q8(const int8_t *q, const float *d, const float *ref, int rows, int n,
                      const char *what)
 {
     int8_t *wq = malloc((size_t)n);
     float *wd = malloc((size_t)n / 32 * sizeof(float));
-    long same = 0, total = (long)rows * n;
+    long same = 0, total = (long)rows * n, d_same = 0;
     int worst = 0;
     for (int r = 0; r < rows; r++) {
         kc_quantize_q8_0_split(wq, wd, ref + (size_t)r * n, n);
@@ -218,11 +220,15 @@ static void check_q8(const int8_t *q, const float *d, const float *ref, int rows
             same += dq == 0;
             worst = dq > worst ? dq : worst;
         }
-        for (int b = 0; b < n / 32; b++)
-            assert_true(fabs(d[(size_t)r * (n / 32) + b] - wd[b]) <= 1e-6 * fabs(wd[b]) + 1e-30);
+        for (int b = 0; b < n / 32; b++) {
+            double dd = fabs(d[(size_t)r * (n / 32) + b] - wd[b]);
+            assert_true(dd <= 1e-3 * fabs(wd[b]) + 1e-30); /* fp16: 2^-10 relative */
+            d_same += dd == 0;
+        }
     }
-    printf("%s as Q8_0: %ld of %ld values equal the CPU's quantization (the rest within %d)\n",
-           what, same, total, worst);
+    printf("%s as Q8_0: %ld of %ld values equal the CPU's quantization (the rest within %d), "
+           "%ld of %ld scales\n",
+           what, same, total, worst, d_same, total / 32);
     assert_true(worst <= 1);
     free(wq);
     free(wd);
