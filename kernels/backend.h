@@ -18,10 +18,12 @@
  * batch are written into the cache before attention, so tokens of one
  * sequence that are in the same batch see each other (causally, by position).
  *
- * Two operations are optional (NULL where a backend has none, as the CPU
- * one): `sample`, which chooses tokens from the last step's logits where they
- * were computed, so that only token ids cross to the host (a GPU backend), and
- * `info`, which describes the device. Callers that use neither never notice.
+ * Two operations are optional (NULL where a backend has none): `sample`,
+ * which chooses tokens from the last step's logits where they were computed,
+ * so that only token ids cross to the host (the CUDA backend; the CPU one has
+ * it too, as worker/sampler.c itself, so the scheduler has one path), and
+ * `info`, which describes the device (CUDA only). Callers that use neither
+ * never notice.
  */
 #pragma once
 

@@ -61,19 +61,25 @@ static struct job_request *request(const char *json)
     return r;
 }
 
-static struct sched *make_sched(int kv_blocks, int max_seqs)
+static struct sched *make_sched_sampling(int kv_blocks, int max_seqs, int host_sampling)
 {
     struct sched_opts o = {.device = "cpu",
                            .n_threads = 1,
                            .max_seqs = max_seqs,
                            .max_batch_tokens = 64,
                            .block_size = 16,
-                           .kv_blocks = kv_blocks};
+                           .kv_blocks = kv_blocks,
+                           .host_sampling = host_sampling};
     struct sched *s = NULL;
     char err[512];
     if (sched_create(&s, model, &o, err, sizeof(err)) < 0)
         fail_msg("%s", err);
     return s;
+}
+
+static struct sched *make_sched(int kv_blocks, int max_seqs)
+{
+    return make_sched_sampling(kv_blocks, max_seqs, 0);
 }
 
 struct outcome {
@@ -206,6 +212,60 @@ static void test_samples_share_the_prompt_blocks(void **state)
     sched_destroy(s);
 }
 
+/* The backend's `sample` (where the logits are: the GPU's path, here the CPU
+ * backend's) gives every sample exactly what choosing on the host gives:
+ * the same draws from each sample's RNG, penalties over its own tokens in a
+ * slot of its own, a slot reset when a later job takes it over. */
+static void test_backend_sampling_equals_host_sampling(void **state)
+{
+    (void)state;
+    static const char *reqs[] = {
+        "{\"text\": \"Once upon a time\", \"max_tokens\": 24, \"num_samples\": 4, "
+        "\"temperature\": 0.9, \"top_k\": 40, \"top_p\": 0.9, \"seed\": 11, "
+        "\"presence_penalty\": 0.6, \"frequency_penalty\": 0.9}",
+        "{\"text\": \"The capital of France is\", \"max_tokens\": 20, \"temperature\": 0, "
+        "\"frequency_penalty\": 1.5}",
+        "{\"text\": \"Hello\", \"max_tokens\": 20, \"temperature\": 1.2, \"top_p\": 0.8, "
+        "\"seed\": 3}",
+        "{\"text\": \"a b c\", \"max_tokens\": 20, \"temperature\": 0.7, \"top_k\": 5, "
+        "\"seed\": 9, \"presence_penalty\": -0.5, \"stop\": [\"zz\"]}",
+    };
+    enum { N = 4 };
+    struct outcome host[N], dev[N];
+    struct sched *h = make_sched_sampling(256, 8, 1), *d = make_sched_sampling(256, 8, 0);
+    for (int round = 0; round < 2; round++) { /* the second reuses the first's slots */
+        for (int i = 0; i < N; i++) {
+            char id[8];
+            snprintf(id, sizeof(id), "j%d", i);
+            submit(h, &host[i], id, reqs[i]);
+            submit(d, &dev[i], id, reqs[i]);
+        }
+        run_all(h, host, N, NULL);
+        run_all(d, dev, N, NULL);
+        int differ = 0;
+        for (int i = 0; i < N; i++) {
+            json_t *a = json_loads(host[i].result, 0, NULL),
+                   *b = json_loads(dev[i].result, 0, NULL);
+            int n = (int)json_integer_value(json_object_get(a, "num_samples"));
+            for (int k = 0; k < n; k++) {
+                assert_string_equal(sample_text(b, k), sample_text(a, k));
+                assert_string_equal(dev[i].text[k], sample_text(b, k));
+                differ += k > 0 && strcmp(sample_text(a, k), sample_text(a, 0)) != 0;
+            }
+            json_decref(a);
+            json_decref(b);
+            free(host[i].result);
+            free(dev[i].result);
+        }
+        assert_true(differ > 0); /* the seeded samples are not all one */
+    }
+    struct sched_stats st;
+    sched_stats(d, &st);
+    assert_int_equal(st.kv_blocks_used, 0);
+    sched_destroy(h);
+    sched_destroy(d);
+}
+
 static void test_admission_waits_for_blocks_first_come_first_served(void **state)
 {
     (void)state;
@@ -320,6 +380,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batched_jobs_equal_each_job_alone),
         cmocka_unit_test(test_samples_share_the_prompt_blocks),
+        cmocka_unit_test(test_backend_sampling_equals_host_sampling),
         cmocka_unit_test(test_admission_waits_for_blocks_first_come_first_served),
         cmocka_unit_test(test_cancel_frees_the_blocks_at_once),
         cmocka_unit_test(test_what_can_never_fit_is_refused_with_a_reason),

@@ -360,7 +360,27 @@ static int nucleus_all(int *idx, const float *prob, int n, double target)
     return m0 + nucleus_select(idx + m0, nb, prob, target - before_b);
 }
 
+static int is_greedy(const struct sampler_params *p)
+{
+    return p->temperature == 0 || p->top_k == 1;
+}
+
+double sampler_draw(struct sampler *s)
+{
+    return is_greedy(&s->p) ? 0 : rng_uniform(s->rng);
+}
+
+const struct sampler_params *sampler_params_of(const struct sampler *s)
+{
+    return &s->p;
+}
+
 int sampler_sample(struct sampler *s, float *logits)
+{
+    return sampler_sample_with(s, logits, sampler_draw(s));
+}
+
+int sampler_sample_with(struct sampler *s, float *logits, double draw)
 {
     const struct sampler_params *p = &s->p;
     int n = s->n_vocab;
@@ -373,7 +393,7 @@ int sampler_sample(struct sampler *s, float *logits)
     }
 
     s->all = 0;
-    if (p->temperature == 0 || p->top_k == 1) {
+    if (is_greedy(p)) {
         int id = argmax(logits, n);
         s->idx[0] = id;
         s->prob[id] = 1;
@@ -413,7 +433,7 @@ int sampler_sample(struct sampler *s, float *logits)
     s->mass = mass;
 
     // renormalise by drawing u in [0, mass); zero-probability ids never win
-    double u = rng_uniform(s->rng) * mass, cum = 0;
+    double u = draw * mass, cum = 0;
     int last = s->all ? 0 : s->idx[0];
     for (int i = 0; i < n; i++) {
         int id = s->all ? i : s->idx[i];

@@ -29,6 +29,7 @@ struct sample {
     struct kv_table table;
     int own_blocks; /* blocks past the shared prompt it may use (its reservation share) */
     int finished;   /* counted in the job's n_finished */
+    int slot;       /* the backend's sampling slot (its penalty counts), or -1 */
 };
 
 struct job {
@@ -64,7 +65,19 @@ struct sched {
         struct job *j;
         int sample; /* -1: the prompt's last row (fork) */
     } * row_owner;
-    float *logits, *tmp;
+    float *logits, *tmp; /* host sampling only */
+    /* sampling where the logits are (the backend's `sample`), one entry per
+     * sample that takes a token; every entry is a distinct live sample, so
+     * max_seqs of each */
+    int host_sampling;
+    struct backend_sample *srows;
+    int *sids;
+    struct {
+        struct job *j;
+        int sample;
+    } * sown;
+    int *free_slots; /* (max_seqs) slots no sample holds */
+    int n_free_slots;
     struct sched_delta *deltas;
     int n_deltas, cap_deltas;
     struct sched_job **done;
@@ -76,10 +89,19 @@ struct sched {
     double rate;
 };
 
+/* The sample no longer needs its penalty counts. */
+static void slot_release(struct sched *s, struct sample *sm)
+{
+    if (s && sm->slot >= 0)
+        s->free_slots[s->n_free_slots++] = sm->slot;
+    sm->slot = -1;
+}
+
 static void job_free(struct sched *s, struct job *j)
 {
     for (int i = 0; j->samples && i < j->n_samples; i++) {
         seq_fini(&j->samples[i].s);
+        slot_release(s, &j->samples[i]);
         if (s)
             kv_table_release(&s->kv, &j->samples[i].table);
     }
@@ -116,6 +138,10 @@ void sched_destroy(struct sched *s)
     free(s->row_owner);
     free(s->logits);
     free(s->tmp);
+    free(s->srows);
+    free(s->sids);
+    free(s->sown);
+    free(s->free_slots);
     free(s->deltas);
     free(s->done);
     free(s);
@@ -157,10 +183,23 @@ int sched_create(struct sched **out, const struct model *m, const struct sched_o
     s->rows = malloc((size_t)T * sizeof(int));
     s->tables = malloc((size_t)T * sizeof(*s->tables));
     s->row_owner = malloc((size_t)T * sizeof(*s->row_owner));
-    s->logits = malloc((size_t)T * vocab * sizeof(float));
-    s->tmp = malloc(vocab * sizeof(float));
-    if (!s->tokens || !s->pos || !s->seq || !s->rows || !s->tables || !s->row_owner || !s->logits ||
-        !s->tmp) {
+    s->host_sampling = o->host_sampling || !s->ops->sample;
+    int ok = 1;
+    if (s->host_sampling) {
+        s->logits = malloc((size_t)T * vocab * sizeof(float));
+        s->tmp = malloc(vocab * sizeof(float));
+        ok = s->logits && s->tmp;
+    } else {
+        int n = s->o.max_seqs;
+        s->srows = calloc((size_t)n, sizeof(*s->srows));
+        s->sids = calloc((size_t)n, sizeof(*s->sids));
+        s->sown = calloc((size_t)n, sizeof(*s->sown));
+        s->free_slots = malloc((size_t)n * sizeof(int));
+        ok = s->srows && s->sids && s->sown && s->free_slots;
+        for (int i = 0; ok && i < n; i++)
+            s->free_slots[s->n_free_slots++] = n - 1 - i;
+    }
+    if (!s->tokens || !s->pos || !s->seq || !s->rows || !s->tables || !s->row_owner || !ok) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -228,8 +267,10 @@ int sched_submit_take(struct sched *s, const char *id, long attempt, double crea
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    for (int i = 0; i < j->n_samples; i++)
+    for (int i = 0; i < j->n_samples; i++) {
         j->samples[i].own_blocks = own;
+        j->samples[i].slot = -1;
+    }
     if (seq_init(&j->samples[0].s, s->m, req, j->prompt, j->n_prompt, 0, why, sizeof(why)) < 0) {
         snprintf(err, errlen, "invalid_request: %s", why);
         goto fail;
@@ -343,13 +384,17 @@ static int job_result(struct sched *s, struct job *j)
     return rc;
 }
 
-/* A sample took a token: note times, its text, and whether it finished. */
-static int took_token(struct sched *s, struct job *j, int i, float *logits)
+/* A sample took a token, chosen here from logits or, with logits NULL, by
+ * the backend (id): note times, its text, and whether it finished. */
+static int took_token(struct sched *s, struct job *j, int i, float *logits, int id)
 {
     struct sample *sm = &j->samples[i];
     const char *text;
     size_t len;
-    seq_step(&sm->s, logits, &text, &len);
+    if (logits)
+        seq_step(&sm->s, logits, &text, &len);
+    else
+        seq_take(&sm->s, id, &text, &len);
     double now_ms = clock_wall_s() * 1e3;
     if (j->first_token_ms == 0)
         j->first_token_ms = now_ms;
@@ -361,6 +406,7 @@ static int took_token(struct sched *s, struct job *j, int i, float *logits)
         sm->finished = 1;
         j->n_finished++;
         s->active_seqs--;
+        slot_release(s, sm);
         /* the blocks it reserved but will never write go back */
         int used = sm->table.n - j->shared;
         int unused = sm->own_blocks - (used > 0 ? used : 0);
@@ -373,9 +419,9 @@ static int took_token(struct sched *s, struct job *j, int i, float *logits)
 }
 
 /* The prompt is in the cache: give every extra sample the shared blocks and
- * its own copy of the partly filled last one, then all take their first
+ * its own copy of the partly filled last one; all then take their first
  * token from the prompt's last logits. */
-static int fork_samples(struct sched *s, struct job *j, const float *row, char *err, size_t errlen)
+static int fork_samples(struct sched *s, struct job *j, char *err, size_t errlen)
 {
     struct sample *first = &j->samples[0];
     int partial = j->n_prompt % s->o.block_size != 0;
@@ -397,16 +443,90 @@ static int fork_samples(struct sched *s, struct job *j, const float *row, char *
                 return -1;
         }
     }
+    j->phase = JOB_DECODE;
+    return 0;
+}
+
+/* Host sampling: each sample of a forked job from its own copy of the row. */
+static int fork_take(struct sched *s, struct job *j, const float *row)
+{
     size_t vocab = (size_t)s->m->cfg.vocab_size;
     for (int i = 0; i < j->n_samples; i++) {
         memcpy(s->tmp, row, vocab * sizeof(float));
-        if (took_token(s, j, i, s->tmp) < 0) {
-            snprintf(err, errlen, "out of memory");
+        if (took_token(s, j, i, s->tmp, 0) < 0)
             return -1;
-        }
     }
-    j->phase = JOB_DECODE;
     return 0;
+}
+
+/* Backend sampling: one row for sample i of j to choose from logit row r,
+ * with its slot when its penalties need counts (reset on a new slot). */
+static int sample_row(struct sched *s, int *ns, int r, struct job *j, int i, char *err,
+                      size_t errlen)
+{
+    struct sample *sm = &j->samples[i];
+    if (*ns >= s->o.max_seqs) {
+        snprintf(err, errlen, "more samples in a step than max-batch %d", s->o.max_seqs);
+        return -1;
+    }
+    struct backend_sample *row = &s->srows[*ns];
+    memset(row, 0, sizeof(*row));
+    row->row = r;
+    row->slot = -1;
+    if (seq_penalised(&sm->s)) {
+        if (sm->slot < 0) {
+            if (s->n_free_slots == 0) {
+                snprintf(err, errlen, "no sampling slot left");
+                return -1;
+            }
+            sm->slot = s->free_slots[--s->n_free_slots];
+            row->reset = 1;
+        }
+        row->slot = sm->slot;
+    }
+    seq_sample_row(&sm->s, row);
+    s->sown[*ns].j = j;
+    s->sown[*ns].sample = i;
+    (*ns)++;
+    return 0;
+}
+
+/* The step's logits (n_logits rows) to tokens: chosen by the backend where
+ * the logits are, or here from s->logits. */
+static int take_tokens(struct sched *s, int n_logits, char *err, size_t errlen)
+{
+    if (s->host_sampling) {
+        size_t vocab = (size_t)s->m->cfg.vocab_size;
+        for (int r = 0; r < n_logits; r++) {
+            struct job *j = s->row_owner[r].j;
+            float *row = s->logits + (size_t)r * vocab;
+            int k = s->row_owner[r].sample;
+            if (k < 0 && fork_samples(s, j, err, errlen) < 0)
+                return -1;
+            if ((k < 0 ? fork_take(s, j, row) : took_token(s, j, k, row, 0)) < 0)
+                goto oom;
+        }
+        return 0;
+    }
+    int ns = 0;
+    for (int r = 0; r < n_logits; r++) {
+        struct job *j = s->row_owner[r].j;
+        int k = s->row_owner[r].sample;
+        if (k < 0 && fork_samples(s, j, err, errlen) < 0)
+            return -1;
+        for (int i = k < 0 ? 0 : k; i < (k < 0 ? j->n_samples : k + 1); i++)
+            if (sample_row(s, &ns, r, j, i, err, errlen) < 0)
+                return -1;
+    }
+    if (ns > 0 && s->ops->sample(s->be, s->srows, ns, s->sids, err, errlen) < 0)
+        return -1;
+    for (int e = 0; e < ns; e++)
+        if (took_token(s, s->sown[e].j, s->sown[e].sample, NULL, s->sids[e]) < 0)
+            goto oom;
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory");
+    return -1;
 }
 
 static int push_token(struct sched *s, int *n, int token, int pos, const struct kv_table *t,
@@ -485,21 +605,9 @@ int sched_step(struct sched *s, struct sched_delta **deltas, int *n_deltas,
                               .block_tables = s->tables,
                               .n_logits = n_logits,
                               .logit_rows = s->rows};
-    if (s->ops->forward(s->be, &b, s->logits, err, errlen) < 0)
+    if (s->ops->forward(s->be, &b, s->host_sampling ? s->logits : NULL, err, errlen) < 0 ||
+        take_tokens(s, n_logits, err, errlen) < 0)
         return -1;
-
-    size_t vocab = (size_t)s->m->cfg.vocab_size;
-    for (int r = 0; r < n_logits; r++) {
-        struct job *j = s->row_owner[r].j;
-        float *row = s->logits + (size_t)r * vocab;
-        int rc = s->row_owner[r].sample < 0 ? fork_samples(s, j, row, err, errlen)
-                                            : took_token(s, j, s->row_owner[r].sample, row);
-        if (rc < 0) {
-            if (!err[0])
-                snprintf(err, errlen, "out of memory");
-            return -1;
-        }
-    }
 
     /* finished jobs leave at once */
     int kept = 0;

@@ -31,6 +31,8 @@ struct sched_opts {
     int max_batch_tokens; /* tokens per forward step */
     int block_size;       /* KV positions per block */
     int kv_blocks;        /* blocks in the pool */
+    int host_sampling;    /* choose tokens here from copied logits even when the
+                             backend can sample where they are (tests compare) */
 };
 
 struct sched;

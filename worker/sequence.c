@@ -176,7 +176,28 @@ static void drain(struct seq *s)
 
 int seq_step(struct seq *s, float *logits, const char **emit, size_t *emit_len)
 {
-    int id = sampler_sample(s->sampler, logits);
+    return seq_take(s, sampler_sample(s->sampler, logits), emit, emit_len);
+}
+
+void seq_sample_row(struct seq *s, struct backend_sample *out)
+{
+    const struct sampler_params *p = sampler_params_of(s->sampler);
+    out->top_k = p->top_k;
+    out->temperature = p->temperature;
+    out->top_p = p->top_p;
+    out->presence_penalty = p->presence_penalty;
+    out->frequency_penalty = p->frequency_penalty;
+    out->u = sampler_draw(s->sampler);
+}
+
+int seq_penalised(const struct seq *s)
+{
+    const struct sampler_params *p = sampler_params_of(s->sampler);
+    return p->presence_penalty != 0 || p->frequency_penalty != 0;
+}
+
+int seq_take(struct seq *s, int id, const char **emit, size_t *emit_len)
+{
     sampler_accept(s->sampler, id);
     s->tokens[s->n_tokens++] = id;
     s->n_new++;

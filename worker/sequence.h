@@ -14,6 +14,7 @@
 
 #include "common/job.h"
 #include "common/job_response.h"
+#include "kernels/backend.h"
 #include "worker/stopper.h"
 #include "worker/tokenizer.h"
 
@@ -66,6 +67,18 @@ int seq_init(struct seq *s, const struct model *m, const struct job_request *req
  * next call). Returns the new token id.
  */
 int seq_step(struct seq *s, float *logits, const char **emit, size_t *emit_len);
+
+/*
+ * seq_step with the choice made elsewhere (a backend's `sample`): fill *out's
+ * sampling parameters and draw from the sample's own RNG (row, slot and
+ * reset are the caller's), then hand the chosen id to seq_take, which does
+ * the rest of seq_step. A seeded sample gives the same tokens either way.
+ */
+void seq_sample_row(struct seq *s, struct backend_sample *out);
+int seq_take(struct seq *s, int id, const char **emit, size_t *emit_len);
+
+/* Whether the sample's penalties need its token counts. */
+int seq_penalised(const struct seq *s);
 
 /* The sample's text so far (borrowed; after the finish, the whole answer). */
 const char *seq_text(const struct seq *s, size_t *len);

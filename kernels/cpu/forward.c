@@ -16,7 +16,12 @@
  *   one pool allocated at creation: (layers, blocks, block_size, kv_dim) for
  *   K and again for V.
  * - Everything a step needs is allocated at creation for max_batch_tokens;
- *   the step itself never allocates.
+ *   the step itself never allocates (but for the first step whose logits
+ *   stay here for `sample`, and the first use of a sampling slot).
+ * - `sample` is worker/sampler.c itself, with one sampler per slot for the
+ *   penalties' counts, so the scheduler's one path (sample where the logits
+ *   are) runs here exactly as it runs on a GPU, and gives what the host
+ *   sampler gives.
  */
 #include <errno.h>
 #include <math.h>
@@ -32,6 +37,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
 #include "worker/model.h"
+#include "worker/sampler.h"
 
 struct cpu_backend {
     struct backend_opts o;
@@ -51,6 +57,13 @@ struct cpu_backend {
     const uint16_t **kptr, **vptr; /* (max_seqs, blocks_per_seq) */
     int blocks_per_seq;
     int *seq_blocks; /* (max_batch_tokens): blocks used per sequence */
+    /* the last forward's logits, for `sample` */
+    const float *last_logits; /* the caller's buffer, or own_logits */
+    int last_n_logits;
+    float *own_logits;         /* (max_logits, vocab), made on first use */
+    float *sample_row;         /* (vocab) scratch */
+    struct sampler **slots;    /* (max_logits) per slot, made on first use */
+    struct sampler *no_counts; /* for rows with slot -1 */
 };
 
 static struct cpu_backend *cpu(struct backend *b)
@@ -81,6 +94,12 @@ static void cpu_destroy(struct backend *b)
     free(c->kptr);
     free(c->vptr);
     free(c->seq_blocks);
+    free(c->own_logits);
+    free(c->sample_row);
+    for (int i = 0; c->slots && i < c->o.max_logits; i++)
+        sampler_destroy(c->slots[i]);
+    free(c->slots);
+    sampler_destroy(c->no_counts);
     free(c);
 }
 
@@ -104,6 +123,8 @@ static int cpu_create(struct backend **out, const struct model *m, const struct 
         snprintf(err, errlen, "bad backend sizes");
         goto fail;
     }
+    if (c->o.max_logits <= 0 || c->o.max_logits > c->o.max_batch_tokens)
+        c->o.max_logits = c->o.max_batch_tokens;
     int T = c->o.max_batch_tokens, hd = cfg->head_dim;
     c->q_dim = cfg->n_heads * hd;
     c->kv_dim = cfg->n_kv_heads * hd;
@@ -137,9 +158,11 @@ static int cpu_create(struct backend **out, const struct model *m, const struct 
     c->kptr = malloc((size_t)T * (size_t)c->blocks_per_seq * sizeof(*c->kptr));
     c->vptr = malloc((size_t)T * (size_t)c->blocks_per_seq * sizeof(*c->vptr));
     c->seq_blocks = malloc((size_t)T * sizeof(*c->seq_blocks));
+    c->sample_row = malloc((size_t)cfg->vocab_size * sizeof(float));
+    c->slots = calloc((size_t)c->o.max_logits, sizeof(*c->slots));
     if (rc != 0 || !c->k_cache || !c->v_cache || !c->rope || !c->x || !c->xb || !c->q || !c->k ||
         !c->v || !c->att || !c->gate || !c->up || !c->attn_scratch || !c->attn || !c->kptr ||
-        !c->vptr || !c->seq_blocks) {
+        !c->vptr || !c->seq_blocks || !c->sample_row || !c->slots) {
         snprintf(err, errlen, "out of memory for the CPU backend (KV cache %.1f MiB)",
                  2.0 * (double)kv_elems * 2 / (1 << 20));
         goto fail;
@@ -179,9 +202,9 @@ static int check_batch(struct cpu_backend *c, const struct backend_batch *b, int
     const struct model_config *cfg = &c->m->cfg;
     *n_seqs = 0;
     if (b->n_tokens < 1 || b->n_tokens > c->o.max_batch_tokens || b->n_logits < 0 ||
-        b->n_logits > b->n_tokens) {
-        snprintf(err, errlen, "batch of %d tokens, %d logits: outside 1..%d", b->n_tokens,
-                 b->n_logits, c->o.max_batch_tokens);
+        b->n_logits > b->n_tokens || b->n_logits > c->o.max_logits) {
+        snprintf(err, errlen, "batch of %d tokens, %d logits: outside 1..%d, 0..%d", b->n_tokens,
+                 b->n_logits, c->o.max_batch_tokens, c->o.max_logits);
         return -1;
     }
     for (int i = 0; i < b->n_tokens; i++) {
@@ -213,6 +236,18 @@ static int cpu_forward(struct backend *be, const struct backend_batch *b, float 
     int n_seqs;
     if (check_batch(c, b, &n_seqs, err, errlen) < 0)
         return -1;
+    if (!logits) { /* they stay here for `sample` */
+        if (!c->own_logits)
+            c->own_logits =
+                malloc((size_t)c->o.max_logits * (size_t)cfg->vocab_size * sizeof(float));
+        if (!c->own_logits) {
+            snprintf(err, errlen, "out of memory for the logits");
+            return -1;
+        }
+        logits = c->own_logits;
+    }
+    c->last_logits = logits;
+    c->last_n_logits = b->n_logits;
 
     /* blocks each sequence uses in this step (up to its last position) */
     for (int s = 0; s < n_seqs; s++)
@@ -337,10 +372,47 @@ static int cpu_copy_blocks(struct backend *be, const int *src, const int *dst, i
     return 0;
 }
 
+/* worker/sampler.c on the last forward's logits; a slot's sampler keeps its
+ * counts from one step to the next */
+static int cpu_sample(struct backend *be, const struct backend_sample *rows, int n, int *ids,
+                      char *err, size_t errlen)
+{
+    struct cpu_backend *c = cpu(be);
+    const int vocab = c->m->cfg.vocab_size;
+    for (int i = 0; i < n; i++) {
+        const struct backend_sample *r = &rows[i];
+        if (!c->last_logits || r->row < 0 || r->row >= c->last_n_logits || r->slot < -1 ||
+            r->slot >= c->o.max_logits) {
+            snprintf(err, errlen, "sample %d: row %d of %d, slot %d of %d", i, r->row,
+                     c->last_n_logits, r->slot, c->o.max_logits);
+            return -1;
+        }
+        const struct sampler_params p = {.temperature = r->temperature,
+                                         .top_k = r->top_k,
+                                         .top_p = r->top_p,
+                                         .presence_penalty = r->presence_penalty,
+                                         .frequency_penalty = r->frequency_penalty};
+        struct sampler **sp = r->slot >= 0 ? &c->slots[r->slot] : &c->no_counts;
+        int rc = *sp ? (r->reset || r->slot < 0 ? sampler_reset(*sp, &p, 0) : 0)
+                     : sampler_create(sp, &p, vocab, 0);
+        if (rc != 0) {
+            snprintf(err, errlen, "sample %d: bad parameters or out of memory", i);
+            return -1;
+        }
+        memcpy(c->sample_row, c->last_logits + (size_t)r->row * vocab,
+               (size_t)vocab * sizeof(float));
+        ids[i] = sampler_sample_with(*sp, c->sample_row, r->u);
+        if (r->slot >= 0)
+            sampler_accept(*sp, ids[i]);
+    }
+    return 0;
+}
+
 const struct backend_ops backend_cpu = {
     .name = "cpu",
     .create = cpu_create,
     .forward = cpu_forward,
     .copy_blocks = cpu_copy_blocks,
     .destroy = cpu_destroy,
+    .sample = cpu_sample,
 };
