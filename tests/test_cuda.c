@@ -1001,16 +1001,20 @@ static void test_scheduler_on_cuda_gives_the_cpu_text(void **state)
         "{\"text\": \"a much longer prompt than the others, so that its prefill is cut into "
         "chunks across several steps while the others decode\", \"max_tokens\": 12, "
         "\"temperature\": 0}",
+        /* two samples forked from one logit row, penalties counted in GPU slots */
+        "{\"text\": \"Hello\", \"max_tokens\": 16, \"num_samples\": 2, \"temperature\": 0, "
+        "\"frequency_penalty\": 1.5, \"presence_penalty\": 0.5}",
     };
+    enum { N = sizeof(reqs) / sizeof(reqs[0]) };
     char path[128], err[512];
     make("tiny", KC_TYPE_F16, "tiny-f16");
     struct model *m = NULL;
     assert_int_equal(model_load(&m, model_path("tiny-f16", path, sizeof(path)), err, sizeof(err)),
                      0);
-    static char cpu[4][1024], gpu[4][1024];
-    run_jobs(m, "cpu", reqs, 4, cpu);
-    run_jobs(m, "cuda", reqs, 4, gpu);
-    for (int i = 0; i < 4; i++) {
+    static char cpu[N][1024], gpu[N][1024];
+    run_jobs(m, "cpu", reqs, N, cpu);
+    run_jobs(m, "cuda", reqs, N, gpu);
+    for (int i = 0; i < N; i++) {
         printf("job %d: CPU \"%.40s...\" CUDA \"%.40s...\"\n", i, cpu[i], gpu[i]);
         assert_string_equal(gpu[i], cpu[i]);
     }
