@@ -526,6 +526,17 @@ static int kcu_create(struct backend **out, const struct model *m, const struct 
     if (device_setup(b, err, errlen) < 0 || upload_weights(b, err, errlen) < 0 ||
         alloc_buffers(b, err, errlen) < 0)
         goto fail;
+    {
+        // the uploads went through the legacy stream, where a cudaMemcpy from
+        // pageable memory may return before its DMA lands, and the steps run on
+        // a non-blocking stream that does not wait for it
+        cudaError_t e = cudaDeviceSynchronize();
+        if (e != cudaSuccess) {
+            kcu_fail(err, errlen, __FILE__, __LINE__, "cudaDeviceSynchronize(after the uploads)",
+                     cudaGetErrorString(e));
+            goto fail;
+        }
+    }
     log_info("cuda: %s, %d SMs, %.0f GB/s peak; %s weights %.2f GB on the device; KV pool %d "
              "blocks of %d (%.2f GB); graphs %s, FP16 GEMV %s",
              b->device, b->sm_count, b->bandwidth / 1e9, m->synthetic ? "synthetic" : "model",
