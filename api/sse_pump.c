@@ -25,6 +25,7 @@
 
 #include "api/sse_hub.h"
 #include "common/clock.h"
+#include "common/grow.h"
 #include "common/log.h"
 
 #define SSE_PUMP_XREAD_MAX 128 /* entries per stream per XREAD */
@@ -56,21 +57,6 @@ static void redis_trouble(struct sse *h, const char *why)
     h->failing = 1;
 }
 
-static int grow(void **p, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return 0;
-    size_t c = *cap ? *cap : 64;
-    while (c < need)
-        c *= 2;
-    void *np = realloc(*p, c * elem);
-    if (!np)
-        return -1;
-    *p = np;
-    *cap = c;
-    return 0;
-}
-
 /* Sort out every client (locked): closed ones are unlinked for reaping,
  * finished ones drained, the others read; pings are appended here. Returns
  * -1 when out of memory (the pass is skipped). */
@@ -79,11 +65,11 @@ static int collect_locked(struct sse *h, struct pump_work *wk)
     size_t need = (size_t)h->count;
     wk->n_reap = wk->n_finals = wk->n_reads = wk->n_poll = 0;
     size_t cap_fds = wk->cap_poll, cap_polled = wk->cap_poll;
-    if (grow((void **)&wk->reap, &wk->cap_reap, need, sizeof(*wk->reap)) < 0 ||
-        grow((void **)&wk->finals, &wk->cap_finals, need, sizeof(*wk->finals)) < 0 ||
-        grow((void **)&wk->reads, &wk->cap_reads, need, sizeof(*wk->reads)) < 0 ||
-        grow((void **)&wk->fds, &cap_fds, need, sizeof(*wk->fds)) < 0 ||
-        grow((void **)&wk->polled, &cap_polled, need, sizeof(*wk->polled)) < 0)
+    if (grow_array((void **)&wk->reap, &wk->cap_reap, need, sizeof(*wk->reap)) < 0 ||
+        grow_array((void **)&wk->finals, &wk->cap_finals, need, sizeof(*wk->finals)) < 0 ||
+        grow_array((void **)&wk->reads, &wk->cap_reads, need, sizeof(*wk->reads)) < 0 ||
+        grow_array((void **)&wk->fds, &cap_fds, need, sizeof(*wk->fds)) < 0 ||
+        grow_array((void **)&wk->polled, &cap_polled, need, sizeof(*wk->polled)) < 0)
         return -1;
     wk->cap_poll = cap_fds < cap_polled ? cap_fds : cap_polled;
     int64_t now = clock_now_ms();

@@ -23,6 +23,7 @@
 
 #include "api/metrics.h"
 #include "common/clock.h"
+#include "common/grow.h"
 #include "common/log.h"
 
 #define WAITERS_BUCKETS     4096 /* power of two */
@@ -339,21 +340,6 @@ struct tick_work {
     size_t cap_poll;
 };
 
-static int grow(void **p, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return 0;
-    size_t c = *cap ? *cap : 64;
-    while (c < need)
-        c *= 2;
-    void *np = realloc(*p, c * elem);
-    if (!np)
-        return -1;
-    *p = np;
-    *cap = c;
-    return 0;
-}
-
 /* One pass over every parked waiter: deadlines, hang-ups, re-reads due. */
 static void tick_scan(struct waiters *ws, struct tick_work *t)
 {
@@ -363,14 +349,14 @@ static void tick_scan(struct waiters *ws, struct tick_work *t)
 
     pthread_mutex_lock(&ws->lock);
     size_t need = (size_t)ws->count;
-    if (grow((void **)&t->resume, &t->cap_resume, need, sizeof(*t->resume)) < 0 ||
-        grow((void **)&t->cancel, &t->cap_cancel, need, sizeof(*t->cancel)) < 0) {
+    if (grow_array((void **)&t->resume, &t->cap_resume, need, sizeof(*t->resume)) < 0 ||
+        grow_array((void **)&t->cancel, &t->cap_cancel, need, sizeof(*t->cancel)) < 0) {
         pthread_mutex_unlock(&ws->lock);
         return;
     }
     size_t cap_fds = t->cap_poll, cap_polled = t->cap_poll;
-    if (grow((void **)&t->fds, &cap_fds, need, sizeof(*t->fds)) < 0 ||
-        grow((void **)&t->polled, &cap_polled, need, sizeof(*t->polled)) < 0) {
+    if (grow_array((void **)&t->fds, &cap_fds, need, sizeof(*t->fds)) < 0 ||
+        grow_array((void **)&t->polled, &cap_polled, need, sizeof(*t->polled)) < 0) {
         pthread_mutex_unlock(&ws->lock);
         return;
     }

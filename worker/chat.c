@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/grow.h"
 #include "common/job.h"
 #include "worker/tokenizer.h"
 
@@ -30,17 +31,9 @@ static void put_bytes(struct chat_out *o, const char *s, size_t n)
 {
     if (o->failed || n == 0)
         return;
-    if (o->len + n + 1 > o->cap) {
-        size_t cap = o->cap ? o->cap : 256;
-        while (cap < o->len + n + 1)
-            cap *= 2;
-        char *b = realloc(o->buf, cap);
-        if (!b) {
-            o->failed = 1;
-            return;
-        }
-        o->buf = b;
-        o->cap = cap;
+    if (grow_array((void **)&o->buf, &o->cap, o->len + n + 1, 1) < 0) {
+        o->failed = 1;
+        return;
     }
     memcpy(o->buf + o->len, s, n);
     o->len += n;
@@ -51,17 +44,9 @@ static void put_ids(struct chat_out *o, const int *ids, size_t n)
 {
     if (o->failed || n == 0)
         return;
-    if (o->n_ids + n > o->cap_ids) {
-        size_t cap = o->cap_ids ? o->cap_ids : 64;
-        while (cap < o->n_ids + n)
-            cap *= 2;
-        int *p = realloc(o->ids, cap * sizeof(*p));
-        if (!p) {
-            o->failed = 1;
-            return;
-        }
-        o->ids = p;
-        o->cap_ids = cap;
+    if (grow_array((void **)&o->ids, &o->cap_ids, o->n_ids + n, sizeof(*o->ids)) < 0) {
+        o->failed = 1;
+        return;
     }
     memcpy(o->ids + o->n_ids, ids, n * sizeof(*ids));
     o->n_ids += n;

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/grow.h"
 #include "worker/gguf.h"
 
 #define FILL_CHUNK (1u << 20) /* bytes asked of a fill function at a time, at most */
@@ -59,21 +60,7 @@ static int werr(struct gguf_writer *w, const char *fmt, ...)
 /* Room for n more elements of size sz in *p (holding len of cap). */
 static int grow(void **p, size_t *cap, size_t len, size_t n, size_t sz)
 {
-    size_t c = *cap ? *cap : 16;
-    void *q;
-
-    if (n > SIZE_MAX / sz - len)
-        return -1;
-    if (len + n <= *cap)
-        return 0;
-    while (c < len + n)
-        c = c > SIZE_MAX / 2 / sz ? len + n : c * 2;
-    q = realloc(*p, c * sz);
-    if (!q)
-        return -1;
-    *p = q;
-    *cap = c;
-    return 0;
+    return n > SIZE_MAX - len ? -1 : grow_array(p, cap, len + n, sz);
 }
 
 static int put(struct gguf_writer *w, const void *src, size_t n)
