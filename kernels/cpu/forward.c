@@ -58,10 +58,10 @@ struct cpu_backend {
     int blocks_per_seq;
     int *seq_blocks; /* (max_batch_tokens): blocks used per sequence */
     /* the last forward's logits, for `sample` */
-    const float *last_logits; /* the caller's buffer, or own_logits */
+    float *last_logits; /* the caller's buffer, or own_logits */
     int last_n_logits;
     float *own_logits;         /* (max_logits, vocab), made on first use */
-    float *sample_row;         /* (vocab) scratch */
+    float *sample_row;         /* (vocab) a row that penalties will change */
     struct sampler **slots;    /* (max_logits) per slot, made on first use */
     struct sampler *no_counts; /* for rows with slot -1 */
 };
@@ -399,9 +399,15 @@ static int cpu_sample(struct backend *be, const struct backend_sample *rows, int
             snprintf(err, errlen, "sample %d: bad parameters or out of memory", i);
             return -1;
         }
-        memcpy(c->sample_row, c->last_logits + (size_t)r->row * vocab,
-               (size_t)vocab * sizeof(float));
-        ids[i] = sampler_sample_with(*sp, c->sample_row, r->u);
+        /* only penalties over counts change the logits they read, and only a
+         * fresh sample (no counts yet) shares its row (a fork): copy the row
+         * for the penalised ones alone, off the common path */
+        float *row = c->last_logits + (size_t)r->row * vocab;
+        if (r->slot >= 0 && !r->reset) {
+            memcpy(c->sample_row, row, (size_t)vocab * sizeof(float));
+            row = c->sample_row;
+        }
+        ids[i] = sampler_sample_with(*sp, row, r->u);
         if (r->slot >= 0)
             sampler_accept(*sp, ids[i]);
     }
