@@ -81,6 +81,11 @@ void engine_destroy(struct engine *e)
 static int run_chunk(struct engine *e, const int *tokens, int n, int pos0, int want_all, char *err,
                      size_t errlen)
 {
+    if (pos0 + n > e->n_table * e->o.block_size) {
+        snprintf(err, errlen, "the sequence does not fit the KV cache (%d positions)",
+                 e->n_table * e->o.block_size);
+        return -1;
+    }
     int *pos = e->scratch, *seq = e->scratch + e->o.max_batch_tokens,
         *rows = e->scratch + 2 * e->o.max_batch_tokens;
     for (int i = 0; i < n; i++) {
@@ -96,11 +101,6 @@ static int run_chunk(struct engine *e, const int *tokens, int n, int pos0, int w
                               .block_tables = tables,
                               .n_logits = want_all ? n : 1,
                               .logit_rows = want_all ? rows : rows + n - 1};
-    if (pos0 + n > e->n_table * e->o.block_size) {
-        snprintf(err, errlen, "the sequence does not fit the KV cache (%d positions)",
-                 e->n_table * e->o.block_size);
-        return -1;
-    }
     return e->ops->forward(e->be, &b, e->logits, err, errlen);
 }
 
@@ -120,14 +120,8 @@ int engine_generate(struct engine *e, const struct job_request *req, struct seq 
     st->n_prompt = n_prompt;
 
     double t0 = clock_wall_s();
-    for (int done = 0; done < n_prompt;) {
-        int n = n_prompt - done;
-        if (n > e->o.max_batch_tokens)
-            n = e->o.max_batch_tokens;
-        if (run_chunk(e, s->tokens + done, n, done, 0, err, errlen) < 0)
-            return -1;
-        done += n;
-    }
+    if (engine_run(e, s->tokens, n_prompt, 0, NULL, err, errlen) < 0)
+        return -1;
     double t1 = clock_wall_s();
     st->prefill_s = t1 - t0;
     while (!s->done) {
@@ -138,7 +132,7 @@ int engine_generate(struct engine *e, const struct job_request *req, struct seq 
             on_text(ctx, text, len);
         if (s->done)
             break;
-        if (run_chunk(e, s->tokens + s->n_tokens - 1, 1, s->n_tokens - 1, 0, err, errlen) < 0)
+        if (engine_run(e, s->tokens + s->n_tokens - 1, 1, s->n_tokens - 1, NULL, err, errlen) < 0)
             return -1;
     }
     st->decode_s = clock_wall_s() - t1;

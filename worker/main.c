@@ -98,7 +98,7 @@ static int cmd_generate(int argc, char **argv)
     const char *model = NULL, *prompt = NULL, *device = NULL;
     long long max_tokens, top_k, seed, threads, max_input;
     double temperature, top_p, presence, frequency;
-    int json_out, has_seed_flag;
+    int json_out;
     struct config_list stops;
     const struct config_option options[] = {
         {"model", "MILLRACE_MODEL", CONFIG_STRING, &model, NULL, 0, 0, "MODEL", MODEL_HELP},
@@ -130,7 +130,6 @@ static int cmd_generate(int argc, char **argv)
     int rc = parse(&spec, argc, argv, "generate");
     if (rc)
         return exit_of(rc);
-    has_seed_flag = seed >= 0;
     if (!model || !prompt) {
         fprintf(stderr, "millrace-worker generate: --model and --prompt are required\n");
         return 2;
@@ -142,7 +141,7 @@ static int cmd_generate(int argc, char **argv)
                   (json_int_t)max_tokens, "temperature", temperature, "top_k", (json_int_t)top_k,
                   "top_p", top_p, "presence_penalty", presence, "frequency_penalty", frequency,
                   "max_input_tokens", (json_int_t)max_input);
-    if (has_seed_flag)
+    if (seed >= 0)
         json_object_set_new(body, "seed", json_integer(seed));
     json_t *stop = json_array();
     for (int i = 0; i < stops.n; i++)
@@ -431,6 +430,11 @@ static int cmd_bench(int argc, char **argv)
     }
     int total = (int)(n_prompt + n_decode);
     int *tokens = malloc((size_t)total * sizeof(*tokens));
+    if (!tokens) {
+        fprintf(stderr, "millrace-worker bench: out of memory\n");
+        engine_destroy(e);
+        return 1;
+    }
     uint64_t state = 12345;
     for (int i = 0; i < total; i++) {
         state = state * 6364136223846793005ull + 1442695040888963407ull;

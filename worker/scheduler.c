@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "common/clock.h"
+#include "common/grow.h"
 #include "common/job_response.h"
 #include "kernels/backend.h"
 #include "worker/chat.h"
@@ -81,7 +82,8 @@ struct sched {
     struct sched_delta *deltas;
     int n_deltas, cap_deltas;
     struct sched_job **done;
-    int n_done, cap_done;
+    int n_done;
+    size_t cap_done;
 
     /* tokens/s over a sliding window */
     double rate_t0;
@@ -613,25 +615,16 @@ int sched_step(struct sched *s, struct sched_delta **deltas, int *n_deltas,
     int kept = 0;
     for (int i = 0; i < s->n_jobs; i++) {
         struct job *j = s->jobs[i];
-        if (j->phase == JOB_DECODE && j->n_finished == j->n_samples) {
-            if (job_result(s, j) < 0) {
-                snprintf(err, errlen, "out of memory building a result");
-                return -1;
-            }
+        /* out of memory for its result, a finished job stays and leaves at a
+         * later step (it takes no more tokens meanwhile) */
+        if (j->phase == JOB_DECODE && j->n_finished == j->n_samples &&
+            grow_array((void **)&s->done, &s->cap_done, (size_t)s->n_done + 1, sizeof(*s->done)) ==
+                0 &&
+            job_result(s, j) == 0) {
             for (int k = 0; k < j->n_samples; k++)
                 kv_table_release(&s->kv, &j->samples[k].table);
             kv_unreserve(&s->kv, j->reserved);
             j->reserved = 0;
-            if (s->n_done == s->cap_done) {
-                int cap = s->cap_done ? s->cap_done * 2 : 16;
-                struct sched_job **d = realloc(s->done, (size_t)cap * sizeof(*d));
-                if (!d) {
-                    snprintf(err, errlen, "out of memory");
-                    return -1;
-                }
-                s->done = d;
-                s->cap_done = cap;
-            }
             s->done[s->n_done++] = &j->pub;
         } else {
             s->jobs[kept++] = j;

@@ -7,9 +7,12 @@
  *   the runner is never presumed dead while it works. The beat's answer
  *   (which of our jobs are no longer ours) is handed to the main loop, which
  *   alone touches the scheduler.
- * - A finished job's result is kept until Redis has recorded it: a finish
- *   that fails (Redis down) is retried every loop. The fence makes a retry
- *   after a lost reply harmless.
+ * - Every finish (a result, a failure, an engine failure's hand-back) is
+ *   kept until Redis has recorded it: one that fails (Redis down) is retried
+ *   every loop, so no job is left in our processing list while we live. The
+ *   fence makes a retry after a lost reply harmless. Room for the results a
+ *   step can produce is made before the step, so none is ever dropped.
+ * - SIGTERM stops a model download too (the .part is kept for a resume).
  */
 #include "worker/serve.h"
 
@@ -24,6 +27,7 @@
 
 #include "common/clock.h"
 #include "common/config.h"
+#include "common/grow.h"
 #include "common/ids.h"
 #include "common/job.h"
 #include "common/log.h"
@@ -46,6 +50,15 @@ static const char *env_get(const char *name)
     return getenv(name);
 }
 
+/* A finish Redis has not recorded yet. */
+struct serve_finish {
+    struct sched_job *job; /* outcome DONE: the finished job (taken), else NULL */
+    char id[QUEUE_ID_MAX + 1];
+    long attempt;
+    enum queue_outcome outcome;
+    char why[300]; /* the value when not DONE */
+};
+
 struct serve {
     struct queue *q;  /* main loop */
     struct queue *hq; /* heartbeat thread */
@@ -59,13 +72,14 @@ struct serve {
     pthread_mutex_t lock; /* guards the fields below, shared with the beat thread */
     char info[512];       /* what the next beat sends */
     char (*abort_ids)[QUEUE_ID_MAX + 1];
-    int n_abort, cap_abort;
+    size_t n_abort, cap_abort;
     int lost; /* the runner was declared dead */
     int beat_stop;
 
-    /* finished jobs whose result Redis has not recorded yet */
-    struct sched_job **pending;
-    int n_pending, cap_pending;
+    struct serve_finish *pending; /* not recorded yet, in order */
+    size_t n_pending, cap_pending;
+    struct queue_delta *qd; /* one step's deltas for Redis (reused) */
+    size_t cap_qd;
 };
 
 static void make_wid(char out[QUEUE_ID_MAX + 1])
@@ -95,20 +109,17 @@ static void *beat_main(void *arg)
         int n = 0;
         int rc = queue_heartbeat(sv->hq, wid, info, &owned, &n);
         pthread_mutex_lock(&sv->lock);
-        if (rc == QUEUE_ELOST && strcmp(wid, sv->wid) == 0) {
+        int current = strcmp(wid, sv->wid) == 0; /* not a beat for a runner id given up */
+        if (rc == QUEUE_ELOST && current) {
             sv->lost = 1;
-        } else if (rc == 0) {
+        } else if (rc == 0 && current) {
+            /* out of memory: the next beat reports the rest again */
             for (int i = 0; i < n; i++) {
                 if (!owned[i].abort)
                     continue;
-                if (sv->n_abort == sv->cap_abort) {
-                    int cap = sv->cap_abort ? sv->cap_abort * 2 : 16;
-                    void *p = realloc(sv->abort_ids, (size_t)cap * sizeof(*sv->abort_ids));
-                    if (!p)
-                        break;
-                    sv->abort_ids = p;
-                    sv->cap_abort = cap;
-                }
+                if (grow_array((void **)&sv->abort_ids, &sv->cap_abort, sv->n_abort + 1,
+                               sizeof(*sv->abort_ids)) < 0)
+                    break;
                 memcpy(sv->abort_ids[sv->n_abort++], owned[i].id, QUEUE_ID_MAX + 1);
             }
         } else if (rc < 0) {
@@ -151,51 +162,72 @@ static void update_info(struct serve *sv)
     pthread_mutex_unlock(&sv->lock);
 }
 
-/* Record finished jobs (and retry those Redis did not take before). */
+/* Send the finishes Redis has not recorded yet, in order; the rest wait for
+ * the next call. A connection failure stops the pass: each further call
+ * would wait out the retry time again. */
 static void record_results(struct serve *sv)
 {
-    int kept = 0;
-    for (int i = 0; i < sv->n_pending; i++) {
-        struct sched_job *j = sv->pending[i];
+    size_t kept = 0;
+    int down = 0;
+    for (size_t i = 0; i < sv->n_pending; i++) {
+        struct serve_finish *f = &sv->pending[i];
+        const char *value = f->job ? f->job->result : f->why;
         int recorded = 0;
-        int rc = queue_finish_timed(sv->q, sv->wid, j->id, j->attempt, QUEUE_OUTCOME_DONE,
-                                    j->result, strlen(j->result), j->timing, &recorded);
+        int rc = down
+                     ? QUEUE_EDOWN
+                     : queue_finish_timed(sv->q, sv->wid, f->id, f->attempt, f->outcome, value,
+                                          strlen(value), f->job ? f->job->timing : NULL, &recorded);
         if (rc < 0) {
-            log_warn("job %s: cannot record the result yet (%s); will retry", j->id,
-                     queue_errstr(sv->q));
-            sv->pending[kept++] = j;
+            if (!down)
+                log_warn("job %s: cannot record its %s yet (%s); will retry", f->id,
+                         f->job ? "result" : "failure", queue_errstr(sv->q));
+            down = rc == QUEUE_EDOWN;
+            sv->pending[kept++] = *f;
             continue;
         }
+        if (!f->job)
+            continue;
         if (!recorded)
-            log_info("job %s: finished, but it was no longer ours (cancelled or re-run)", j->id);
+            log_info("job %s: finished, but it was no longer ours (cancelled or re-run)", f->id);
         else
-            log_debug("job %s: done", j->id);
-        sched_job_free(j);
+            log_debug("job %s: done", f->id);
+        sched_job_free(f->job);
     }
     sv->n_pending = kept;
 }
 
-static int keep_result(struct serve *sv, struct sched_job *j)
+/* Queue a finish for record_results; room must have been made (make_room). */
+static void finish_later(struct serve *sv, struct sched_job *job, const char *id, long attempt,
+                         enum queue_outcome outcome, const char *why)
 {
-    if (sv->n_pending == sv->cap_pending) {
-        int cap = sv->cap_pending ? sv->cap_pending * 2 : 16;
-        void *p = realloc(sv->pending, (size_t)cap * sizeof(*sv->pending));
-        if (!p)
-            return -1;
-        sv->pending = p;
-        sv->cap_pending = cap;
-    }
-    sv->pending[sv->n_pending++] = j;
-    return 0;
+    struct serve_finish *f = &sv->pending[sv->n_pending++];
+    f->job = job;
+    snprintf(f->id, sizeof(f->id), "%s", id);
+    f->attempt = attempt;
+    f->outcome = outcome;
+    snprintf(f->why, sizeof(f->why), "%s", why ? why : "");
 }
 
-/* Fail a job that cannot run (the request's fault, or this worker's limits). */
-static void fail_job(struct serve *sv, const char *id, long attempt, const char *why)
+/* Make room for n more finishes. 0, or -1 when out of memory. */
+static int make_room(struct serve *sv, size_t n)
 {
+    return grow_array((void **)&sv->pending, &sv->cap_pending, sv->n_pending + n,
+                      sizeof(*sv->pending));
+}
+
+/* Fail a job that cannot run (the request's fault, or this worker's limits),
+ * or (RETRY) hand back one this worker could not finish. Without memory to
+ * keep the finish, it is sent once at once. */
+static void fail_job(struct serve *sv, const char *id, long attempt, enum queue_outcome outcome,
+                     const char *why)
+{
+    log_info("job %s %s: %s", id, outcome == QUEUE_OUTCOME_RETRY ? "handed back" : "failed", why);
+    if (make_room(sv, 1) == 0) {
+        finish_later(sv, NULL, id, attempt, outcome, why);
+        return;
+    }
     int recorded;
-    log_info("job %s failed: %s", id, why);
-    if (queue_finish(sv->q, sv->wid, id, attempt, QUEUE_OUTCOME_FAILED, why, strlen(why),
-                     &recorded) < 0)
+    if (queue_finish(sv->q, sv->wid, id, attempt, outcome, why, strlen(why), &recorded) < 0)
         log_warn("job %s: cannot record its failure: %s", id, queue_errstr(sv->q));
 }
 
@@ -213,62 +245,75 @@ static void take_claimed(struct serve *sv, struct queue_claimed *c)
     char err[600];
     if (job_request_parse(&req, c->payload, c->payload_len, &lim, &je, NULL) != 0) {
         snprintf(err, sizeof(err), "invalid_request: %s", je.message);
-        fail_job(sv, c->id, c->attempt, err);
+        fail_job(sv, c->id, c->attempt, QUEUE_OUTCOME_FAILED, err);
         return;
     }
     if (sched_submit_take(sv->sched, c->id, c->attempt, c->created, req, err, sizeof(err)) < 0)
-        fail_job(sv, c->id, c->attempt, err);
+        fail_job(sv, c->id, c->attempt, QUEUE_OUTCOME_FAILED, err);
 }
 
-/* Drop what the heartbeat said is no longer ours. */
+/* Drop what the heartbeat said is no longer ours, and take it off our
+ * processing list (fenced; one that fails is reported again next beat). */
 static void apply_aborts(struct serve *sv)
 {
     pthread_mutex_lock(&sv->lock);
-    int n = sv->n_abort;
-    char(*ids)[QUEUE_ID_MAX + 1] = n ? malloc((size_t)n * sizeof(*ids)) : NULL;
-    if (ids)
-        memcpy(ids, sv->abort_ids, (size_t)n * sizeof(*ids));
-    sv->n_abort = 0;
+    char(*ids)[QUEUE_ID_MAX + 1] = sv->abort_ids;
+    size_t n = sv->n_abort;
+    sv->abort_ids = NULL;
+    sv->n_abort = sv->cap_abort = 0;
     pthread_mutex_unlock(&sv->lock);
-    for (int i = 0; ids && i < n; i++) {
-        if (sched_cancel(sv->sched, ids[i])) {
-            int rec;
+    for (size_t i = 0; i < n; i++) {
+        int rec;
+        if (sched_cancel(sv->sched, ids[i]))
             log_info("job %s: cancelled or taken over; dropped", ids[i]);
-            /* fenced: only takes the id off our processing list */
-            queue_finish(sv->q, sv->wid, ids[i], 0, QUEUE_OUTCOME_RELEASE, NULL, 0, &rec);
-        }
+        queue_finish(sv->q, sv->wid, ids[i], 0, QUEUE_OUTCOME_RELEASE, NULL, 0, &rec);
     }
     free(ids);
 }
 
-/* Everything still held goes back to the queue (SIGTERM, or a lost runner id). */
-static void drop_all(struct serve *sv)
+/*
+ * Drop every job the scheduler holds. why NULL: Redis gets them back another
+ * way (the reaper, or queue_deregister); else each is handed back now,
+ * charged (RETRY, so a job that keeps breaking workers is buried).
+ */
+static void drop_all(struct serve *sv, const char *why)
 {
     char ids[256][QUEUE_ID_MAX + 1];
     long attempts[256];
     int n;
     while ((n = sched_jobs(sv->sched, ids, attempts, 256)) > 0)
-        for (int i = 0; i < n && i < 256; i++)
+        for (int i = 0; i < n && i < 256; i++) {
+            if (why)
+                fail_job(sv, ids[i], attempts[i], QUEUE_OUTCOME_RETRY, why);
             sched_cancel(sv->sched, ids[i]);
+        }
 }
 
-static int stream_deltas(struct serve *sv, struct sched_delta *d, int n)
+/* One step's text to the jobs' streams, in one round trip. A job's first
+ * append and its last (it is in done) (re)set the stream's TTL. */
+static void stream_deltas(struct serve *sv, struct sched_delta *d, int n, struct sched_job **done,
+                          int n_done)
 {
     if (n == 0)
-        return 0;
-    struct queue_delta *qd = malloc((size_t)n * sizeof(*qd));
-    if (!qd)
-        return -1;
-    for (int i = 0; i < n; i++) {
-        qd[i] = (struct queue_delta){d[i].job->id, d[i].job->attempt, d[i].sample,
-                                     d[i].text,    d[i].len,          !d[i].job->streamed};
-        d[i].job->streamed = 1;
+        return;
+    if (grow_array((void **)&sv->qd, &sv->cap_qd, (size_t)n, sizeof(*sv->qd)) < 0) {
+        log_warn("streaming %d delta(s) failed: out of memory", n);
+        return;
     }
-    int rc = queue_stream_append(sv->q, qd, n);
-    if (rc < 0)
+    for (int i = 0; i < n; i++) {
+        struct sched_job *j = d[i].job;
+        int last = 0;
+        for (int k = 0; k < n_done && !last; k++)
+            last = done[k] == j;
+        sv->qd[i] = (struct queue_delta){j->id,     j->attempt, d[i].sample,
+                                         d[i].text, d[i].len,   !j->streamed || last};
+    }
+    if (queue_stream_append(sv->q, sv->qd, n) < 0) {
         log_warn("streaming %d delta(s) failed: %s", n, queue_errstr(sv->q));
-    free(qd);
-    return rc;
+        return; /* a first append is tried again, for its TTL */
+    }
+    for (int i = 0; i < n; i++)
+        d[i].job->streamed = 1;
 }
 
 int serve_main(int argc, char **argv)
@@ -358,11 +403,25 @@ int serve_main(int argc, char **argv)
     sv.device = device;
     struct model *model = NULL;
     pthread_t beat;
-    int beat_started = 0, status = 1;
+    int registered = 0, beat_started = 0, status = 1;
+
+    /* from here on SIGTERM/SIGINT stop us gracefully, a download included */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
     char model_file[PATH_MAX];
-    struct fetch_opts fo = {.cache_dir = cache_dir, .sha256 = model_sha, .retries = 3};
-    if (fetch_resolve_model(model_path, &fo, model_file, sizeof(model_file), err, sizeof(err)) <
-        0) {
+    struct fetch_opts fo = {
+        .cache_dir = cache_dir, .sha256 = model_sha, .retries = 3, .cancel = &stop_signal};
+    rc = fetch_resolve_model(model_path, &fo, model_file, sizeof(model_file), err, sizeof(err));
+    if (rc == FETCH_ECANCELLED) {
+        log_info("stopped by a signal: %s", err);
+        status = 0;
+        goto out;
+    }
+    if (rc < 0) {
         log_error("%s", err);
         goto out;
     }
@@ -390,6 +449,10 @@ int serve_main(int argc, char **argv)
         log_error("%s", err);
         goto out;
     }
+    if (atomic_load(&stop_signal)) {
+        status = 0;
+        goto out;
+    }
     if (queue_create(&sv.q, &ro, &qo, "mr:worker", err, sizeof(err)) < 0 ||
         queue_create(&sv.hq, &ro, &qo, "mr:worker-beat", err, sizeof(err)) < 0) {
         log_error("%s", err);
@@ -398,10 +461,13 @@ int serve_main(int argc, char **argv)
     make_wid(sv.wid);
     update_info(&sv);
     while (queue_register(sv.q, sv.wid, sv.info) < 0) { /* Redis down at start: wait for it */
-        if (atomic_load(&stop_signal))
+        if (atomic_load(&stop_signal)) {
+            status = 0;
             goto out;
+        }
         clock_sleep_ms(500);
     }
+    registered = 1;
     char where[300];
     redis_target_describe(&ro.target, where, sizeof(where));
     log_info("serving %s (%s, %s) as runner %s; Redis %s, prefix %s; %d samples at once, "
@@ -413,12 +479,6 @@ int serve_main(int argc, char **argv)
         goto out;
     }
     beat_started = 1;
-
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
 
     int64_t drain_until = 0, last_info = 0;
     for (;;) {
@@ -440,7 +500,7 @@ int serve_main(int argc, char **argv)
             log_warn("runner %s was declared dead (a pause longer than the ttl?): dropping its "
                      "jobs, registering anew",
                      sv.wid);
-            drop_all(&sv);
+            drop_all(&sv, NULL); /* the reaper has requeued them */
             pthread_mutex_lock(&sv.lock);
             make_wid(sv.wid);
             pthread_mutex_unlock(&sv.lock);
@@ -467,18 +527,25 @@ int serve_main(int argc, char **argv)
             queue_claimed_fini(claimed, n);
         }
 
-        if (sched_busy(sv.sched)) {
+        /* every job held may finish in this step: room for all their results first */
+        if (sched_busy(sv.sched) &&
+            make_room(&sv, (size_t)sched_jobs(sv.sched, NULL, NULL, 0)) < 0) {
+            log_warn("out of memory for results; the step waits");
+            clock_sleep_ms(100);
+        } else if (sched_busy(sv.sched)) {
             struct sched_delta *deltas;
             struct sched_job **done;
             int n_deltas, n_done;
             if (sched_step(sv.sched, &deltas, &n_deltas, &done, &n_done, err, sizeof(err)) < 0) {
+                char why[300];
+                snprintf(why, sizeof(why), "worker error: %.280s", err);
                 log_error("the engine failed: %s; handing every job back", err);
-                break;
+                drop_all(&sv, why);
+                goto out; /* the backend may be broken: exit 1 */
             }
-            stream_deltas(&sv, deltas, n_deltas);
+            stream_deltas(&sv, deltas, n_deltas, done, n_done);
             for (int i = 0; i < n_done; i++)
-                if (keep_result(&sv, done[i]) < 0)
-                    sched_job_free(done[i]);
+                finish_later(&sv, done[i], done[i]->id, done[i]->attempt, QUEUE_OUTCOME_DONE, NULL);
         }
         if (sv.n_pending > 0)
             record_results(&sv);
@@ -495,26 +562,25 @@ out:
         pthread_mutex_unlock(&sv.lock);
         pthread_join(beat, NULL);
     }
-    if (sv.q) {
+    if (registered) {
         for (int tries = 0; sv.n_pending > 0 && tries < 20; tries++) {
             record_results(&sv);
             if (sv.n_pending > 0)
                 clock_sleep_ms(250);
         }
         int released = 0;
-        if (sv.sched) {
-            drop_all(&sv);
-            if (queue_deregister(sv.q, sv.wid, &released) == 0)
-                log_info("runner %s deregistered; %d job(s) handed back to the queue", sv.wid,
-                         released);
-            else
-                log_warn("could not deregister: %s (the reaper will recover our jobs)",
-                         queue_errstr(sv.q));
-        }
+        drop_all(&sv, NULL); /* handed back by queue_deregister */
+        if (queue_deregister(sv.q, sv.wid, &released) == 0)
+            log_info("runner %s deregistered; %d job(s) handed back to the queue", sv.wid,
+                     released);
+        else
+            log_warn("could not deregister: %s (the reaper will recover our jobs)",
+                     queue_errstr(sv.q));
     }
-    for (int i = 0; i < sv.n_pending; i++)
-        sched_job_free(sv.pending[i]);
+    for (size_t i = 0; i < sv.n_pending; i++)
+        sched_job_free(sv.pending[i].job);
     free(sv.pending);
+    free(sv.qd);
     free(sv.abort_ids);
     sched_destroy(sv.sched);
     queue_destroy(sv.q);
