@@ -15,32 +15,11 @@
 #include <sys/wait.h>
 
 #include "tests/support/api_client.h"
+#include "tests/support/api_suite.h"
 
-static struct stack S;      /* Redis, the API, the workers */
+static struct stack S; /* Redis, the API, the workers */
+static struct api_suite suite = {.s = &S, .name = "test_api"};
 static struct stack second; /* a second API instance on S's Redis, when a test starts one */
-static int api_custom;      /* the API runs with a test's own flags */
-static int test_finished;   /* set when a test's body returns: else its teardown shows logs */
-
-/* A test whose teardown can tell whether it ran to its end. */
-#define API_TEST(name)                                                                             \
-    static void name##_body(void);                                                                 \
-    static void name(void **state)                                                                 \
-    {                                                                                              \
-        (void)state;                                                                               \
-        name##_body();                                                                             \
-        test_finished = 1;                                                                         \
-    }                                                                                              \
-    static void name##_body(void)
-
-/* Restart the API with these extra flags (NULL-terminated); the teardown
- * restarts the plain one. */
-static void use_api(const char *const *args)
-{
-    if (S.api.pid > 0)
-        stack_stop_api(&S, SIGKILL);
-    api_custom = 1;
-    assert_int_equal(stack_start_api(&S, args), 0);
-}
 
 /* A key prefix no other test uses: a world with no jobs and no workers. */
 static const char *fresh_prefix(char *out, size_t cap)
@@ -169,7 +148,7 @@ API_TEST(test_delete_of_a_queued_job_cancels_it)
 {
     char prefix[16], mk[32], id[80];
     const char *args[] = {"--redis-prefix", fresh_prefix(prefix, sizeof(prefix)), NULL};
-    use_api(args); /* no worker serves this prefix: the job stays queued */
+    api_suite_use_api(&suite, args); /* no worker serves this prefix: the job stays queued */
     api_submit(&S, api_marker(mk, sizeof(mk)), NULL, id, sizeof(id));
     json_t *o = api_job(&S, id, 0, NULL);
     assert_string_equal(api_str(o, "status"), "queued");
@@ -233,7 +212,7 @@ API_TEST(test_health_is_503_without_workers_and_200_once_one_beats)
 {
     char prefix[16];
     const char *args[] = {"--redis-prefix", fresh_prefix(prefix, sizeof(prefix)), NULL};
-    use_api(args);
+    api_suite_use_api(&suite, args);
     struct http_response r;
     api_call(&S, "GET", "/health", &r);
     assert_int_equal(r.status, 503);
@@ -259,7 +238,7 @@ API_TEST(test_stats_counts_the_backlog_without_workers_and_the_runners_after)
 {
     char prefix[16], mk[32], ids[3][80];
     const char *args[] = {"--redis-prefix", fresh_prefix(prefix, sizeof(prefix)), NULL};
-    use_api(args);
+    api_suite_use_api(&suite, args);
     for (int i = 0; i < 3; i++)
         api_submit(&S, api_marker(mk, sizeof(mk)), NULL, ids[i], sizeof(ids[i]));
     json_t *o = api_stats(&S);
@@ -285,7 +264,7 @@ API_TEST(test_metrics_count_requests_and_waiting_jobs)
 {
     char prefix[16], mk[32], id[80], ct[80];
     const char *args[] = {"--redis-prefix", fresh_prefix(prefix, sizeof(prefix)), NULL};
-    use_api(args); /* a new process (counters at 0), no worker: jobs wait */
+    api_suite_use_api(&suite, args); /* a new process (counters at 0), no worker: jobs wait */
     api_submit(&S, api_marker(mk, sizeof(mk)), NULL, id, sizeof(id));
     api_submit(&S, api_marker(mk, sizeof(mk)), NULL, id, sizeof(id));
     struct http_response r;
@@ -326,7 +305,7 @@ API_TEST(test_idempotency_key_on_jobs_gives_one_job)
 {
     char prefix[16], mk[32], key[64], id1[80], id2[80];
     const char *args[] = {"--redis-prefix", fresh_prefix(prefix, sizeof(prefix)), NULL};
-    use_api(args); /* no worker: both answers say queued */
+    api_suite_use_api(&suite, args); /* no worker: both answers say queued */
     snprintf(key, sizeof(key), "Idempotency-Key: %s", api_marker(mk, sizeof(mk)));
     api_submit(&S, mk, key, id1, sizeof(id1));
     api_submit(&S, mk, key, id2, sizeof(id2));
@@ -537,58 +516,20 @@ API_TEST(test_sigterm_lets_a_request_in_flight_finish_then_exits_0)
 
 /* ---- main --------------------------------------------------------------- */
 
-static int setup(void **state)
-{
-    (void)state;
-    test_finished = 0;
-    return 0;
-}
-
+/* A second API instance a test left running goes first. */
 static int teardown(void **state)
 {
-    (void)state;
     if (second.api.pid > 0)
         proc_stop(&second.api, SIGKILL, 5000);
-    if (!test_finished) {
-        fprintf(stderr, "---- API log (%s)\n", S.api_log);
-        stack_dump_logs(&S);
-    }
-    /* the next test starts from the plain API */
-    if (S.api.pid <= 0 || api_custom) {
-        if (S.api.pid > 0)
-            stack_stop_api(&S, SIGKILL);
-        api_custom = 0;
-        return stack_start_api(&S, NULL);
-    }
-    return 0;
+    return api_suite_teardown(state);
 }
 
 static int group_setup(void **state)
 {
-    (void)state;
-    signal(SIGPIPE, SIG_IGN);
-    if (access("build/millrace-api", X_OK) != 0 || access("build/tests/fake_worker", X_OK) != 0) {
-        fprintf(stderr, "test_api: run from the repository root after "
-                        "make build/millrace-api build/tests/fake_worker\n");
-        return -1;
-    }
-    if (stack_start_redis(&S) < 0 || stack_start_api(&S, NULL) < 0 ||
-        stack_start_worker(&S, NULL) < 0 || stack_wait_health(&S, 200, 5000) < 0) {
-        stack_dump_logs(&S);
-        stack_stop(&S);
-        return -1;
-    }
-    return 0;
+    return api_suite_group_setup(state, &suite);
 }
 
-static int group_teardown(void **state)
-{
-    (void)state;
-    stack_stop(&S);
-    return 0;
-}
-
-#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define T(f) cmocka_unit_test_setup_teardown(f, api_suite_setup, teardown)
 
 int main(void)
 {
@@ -614,5 +555,5 @@ int main(void)
         T(test_long_poll_disconnect_does_not_cancel_the_job),
         T(test_sigterm_lets_a_request_in_flight_finish_then_exits_0),
     };
-    return cmocka_run_group_tests_name("api", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name("api", tests, group_setup, api_suite_group_teardown);
 }

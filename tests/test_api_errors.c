@@ -13,30 +13,10 @@
 #include <signal.h>
 
 #include "tests/support/api_client.h"
+#include "tests/support/api_suite.h"
 
 static struct stack S;
-static int api_custom;    /* the API runs with a test's own flags */
-static int test_finished; /* set when a test's body returns: else its teardown shows logs */
-
-#define API_TEST(name)                                                                             \
-    static void name##_body(void);                                                                 \
-    static void name(void **state)                                                                 \
-    {                                                                                              \
-        (void)state;                                                                               \
-        name##_body();                                                                             \
-        test_finished = 1;                                                                         \
-    }                                                                                              \
-    static void name##_body(void)
-
-/* Restart the API with these extra flags (NULL-terminated); the teardown
- * restarts the plain one. */
-static void use_api(const char *const *args)
-{
-    if (S.api.pid > 0)
-        stack_stop_api(&S, SIGKILL);
-    api_custom = 1;
-    assert_int_equal(stack_start_api(&S, args), 0);
-}
+static struct api_suite suite = {.s = &S, .name = "test_api_errors"};
 
 /* A key prefix no other test uses: a world with no jobs and no workers. */
 static const char *fresh_prefix(char *out, size_t cap)
@@ -142,7 +122,7 @@ static char *body_of_size(size_t len)
 API_TEST(test_413_when_the_content_length_is_over_max_body_bytes)
 {
     const char *args[] = {"--max-body-bytes", "1000", NULL};
-    use_api(args);
+    api_suite_use_api(&suite, args);
     char *big = body_of_size(2000), *fits = body_of_size(1000);
     struct http_response r;
     api_post(&S, "/generate", big, NULL, &r);
@@ -183,7 +163,7 @@ static void post_chunked(const char *body, struct http_response *out)
 API_TEST(test_413_when_a_chunked_body_grows_over_max_body_bytes)
 {
     const char *args[] = {"--max-body-bytes", "1000", NULL};
-    use_api(args);
+    api_suite_use_api(&suite, args);
     char *big = body_of_size(2000), *fits = body_of_size(1000);
     struct http_response r;
     post_chunked(big, &r);
@@ -257,7 +237,7 @@ static long status_of(const char *method, const char *path, const char *header)
 API_TEST(test_401_without_or_with_a_wrong_api_key)
 {
     const char *args[] = {"--api-keys", "k1,k2", NULL};
-    use_api(args);
+    api_suite_use_api(&suite, args);
     const char *job = "/jobs/0123456789abcdef0123456789abcdef";
     assert_int_equal(status_of("POST", "/generate", NULL), 401);
     assert_int_equal(status_of("POST", "/generate", "Authorization: Bearer k3"), 401);
@@ -284,7 +264,7 @@ API_TEST(test_401_with_keys_from_a_file)
     fputs("# the team's keys\nfilekey1\n\n  filekey2  \n", f);
     fclose(f);
     const char *args[] = {"--api-keys-file", path, NULL};
-    use_api(args);
+    api_suite_use_api(&suite, args);
     assert_int_equal(status_of("GET", "/stats", NULL), 401);
     assert_int_equal(status_of("GET", "/stats", "Authorization: Bearer k1"), 401);
     assert_int_equal(status_of("GET", "/stats", "Authorization: Bearer #"), 401);
@@ -304,7 +284,7 @@ API_TEST(test_429_with_retry_after_when_the_backlog_is_full)
                           "--retry-after-s",
                           "3",
                           NULL};
-    use_api(args); /* no worker serves this prefix */
+    api_suite_use_api(&suite, args); /* no worker serves this prefix */
     api_submit(&S, api_marker(mk, sizeof(mk)), NULL, id, sizeof(id));
     api_submit(&S, api_marker(mk, sizeof(mk)), NULL, id, sizeof(id));
 
@@ -328,7 +308,7 @@ API_TEST(test_429_with_retry_after_when_the_backlog_is_full)
 API_TEST(test_504_after_the_request_timeout_and_the_job_stays_pollable)
 {
     const char *args[] = {"--request-timeout-s", "1", NULL};
-    use_api(args);
+    api_suite_use_api(&suite, args);
     char mk[32], text[64], body[256], loc[128], want[128], path[128];
     snprintf(text, sizeof(text), "HANG %s", api_marker(mk, sizeof(mk)));
     struct http_response r;
@@ -451,57 +431,12 @@ API_TEST(test_503_while_redis_is_down_then_serves_again)
 
 /* ---- main --------------------------------------------------------------- */
 
-static int setup(void **state)
-{
-    (void)state;
-    test_finished = 0;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    if (!test_finished) {
-        fprintf(stderr, "---- API log (%s)\n", S.api_log);
-        stack_dump_logs(&S);
-    }
-    if (S.redis.pid == 0 && test_redis_restart(&S.redis) < 0)
-        return -1;
-    if (S.api.pid <= 0 || api_custom) {
-        if (S.api.pid > 0)
-            stack_stop_api(&S, SIGKILL);
-        api_custom = 0;
-        return stack_start_api(&S, NULL);
-    }
-    return 0;
-}
-
 static int group_setup(void **state)
 {
-    (void)state;
-    signal(SIGPIPE, SIG_IGN);
-    if (access("build/millrace-api", X_OK) != 0 || access("build/tests/fake_worker", X_OK) != 0) {
-        fprintf(stderr, "test_api_errors: run from the repository root after "
-                        "make build/millrace-api build/tests/fake_worker\n");
-        return -1;
-    }
-    if (stack_start_redis(&S) < 0 || stack_start_api(&S, NULL) < 0 ||
-        stack_start_worker(&S, NULL) < 0 || stack_wait_health(&S, 200, 5000) < 0) {
-        stack_dump_logs(&S);
-        stack_stop(&S);
-        return -1;
-    }
-    return 0;
+    return api_suite_group_setup(state, &suite);
 }
 
-static int group_teardown(void **state)
-{
-    (void)state;
-    stack_stop(&S);
-    return 0;
-}
-
-#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define T(f) cmocka_unit_test_setup_teardown(f, api_suite_setup, api_suite_teardown)
 
 int main(void)
 {
@@ -520,5 +455,5 @@ int main(void)
         T(test_500_job_failed_for_a_failing_prompt),
         T(test_503_while_redis_is_down_then_serves_again),
     };
-    return cmocka_run_group_tests_name("api_errors", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name("api_errors", tests, group_setup, api_suite_group_teardown);
 }

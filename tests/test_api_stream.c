@@ -19,32 +19,12 @@
 
 #include "common/queue.h"
 #include "tests/support/api_client.h"
+#include "tests/support/api_suite.h"
 
 #define STREAM_TIMEOUT_MS 8000
 
 static struct stack S;
-static int api_custom;    /* the API runs with a test's own flags */
-static int test_finished; /* set when a test's body returns: else its teardown shows logs */
-
-#define API_TEST(name)                                                                             \
-    static void name##_body(void);                                                                 \
-    static void name(void **state)                                                                 \
-    {                                                                                              \
-        (void)state;                                                                               \
-        name##_body();                                                                             \
-        test_finished = 1;                                                                         \
-    }                                                                                              \
-    static void name##_body(void)
-
-/* Restart the API with these extra flags (NULL-terminated); the teardown
- * restarts the plain one. */
-static void use_api(const char *const *args)
-{
-    if (S.api.pid > 0)
-        stack_stop_api(&S, SIGKILL);
-    api_custom = 1;
-    assert_int_equal(stack_start_api(&S, args), 0);
-}
+static struct api_suite suite = {.s = &S, .name = "test_api_stream"};
 
 /* {"text": text, "max_tokens": 8, "num_samples": n, "stream": true} */
 static const char *stream_body(char *out, size_t cap, const char *text, int n)
@@ -434,7 +414,7 @@ API_TEST(test_get_stream_disconnect_leaves_the_job_running)
 API_TEST(test_idle_stream_gets_pings)
 {
     const char *args[] = {"--stream-ping-s", "1", NULL};
-    use_api(args);
+    api_suite_use_api(&suite, args);
     char mk[32], text[64], id[80];
     snprintf(text, sizeof(text), "HANG %s", api_marker(mk, sizeof(mk)));
     submit(text, 1, id, sizeof(id));
@@ -599,9 +579,8 @@ API_TEST(test_api_exits_cleanly_after_the_streams)
  * prefix no fake worker serves. */
 static void test_a_rerun_after_a_lost_worker_resets_the_stream(void **state)
 {
-    (void)state;
     const char *args[] = {"--redis-prefix", "{rs}", NULL};
-    use_api(args);
+    api_suite_use_api(&suite, args);
     char id[64];
     struct http_response r;
     api_post(&S, "/jobs", "{\"text\": \"again\", \"max_tokens\": 4}", NULL, &r);
@@ -667,58 +646,15 @@ static void test_a_rerun_after_a_lost_worker_resets_the_stream(void **state)
     assert_string_equal(sse.ev[sse.n - 1].event, "done");
     api_sse_fini(&sse);
     http_response_fini(&r);
-    test_finished = 1;
-}
-
-static int setup(void **state)
-{
-    (void)state;
-    test_finished = 0;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    if (!test_finished) {
-        fprintf(stderr, "---- API log (%s)\n", S.api_log);
-        stack_dump_logs(&S);
-    }
-    if (S.api.pid <= 0 || api_custom) {
-        if (S.api.pid > 0)
-            stack_stop_api(&S, SIGKILL);
-        api_custom = 0;
-        return stack_start_api(&S, NULL);
-    }
-    return 0;
+    api_suite_finished(state);
 }
 
 static int group_setup(void **state)
 {
-    (void)state;
-    signal(SIGPIPE, SIG_IGN);
-    if (access("build/millrace-api", X_OK) != 0 || access("build/tests/fake_worker", X_OK) != 0) {
-        fprintf(stderr, "test_api_stream: run from the repository root after "
-                        "make build/millrace-api build/tests/fake_worker\n");
-        return -1;
-    }
-    if (stack_start_redis(&S) < 0 || stack_start_api(&S, NULL) < 0 ||
-        stack_start_worker(&S, NULL) < 0 || stack_wait_health(&S, 200, 5000) < 0) {
-        stack_dump_logs(&S);
-        stack_stop(&S);
-        return -1;
-    }
-    return 0;
+    return api_suite_group_setup(state, &suite);
 }
 
-static int group_teardown(void **state)
-{
-    (void)state;
-    stack_stop(&S);
-    return 0;
-}
-
-#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define T(f) cmocka_unit_test_setup_teardown(f, api_suite_setup, api_suite_teardown)
 
 int main(void)
 {
@@ -742,5 +678,5 @@ int main(void)
         T(test_metrics_time_to_first_token_and_inter_token_latency),
         T(test_api_exits_cleanly_after_the_streams),
     };
-    return cmocka_run_group_tests_name("api_stream", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name("api_stream", tests, group_setup, api_suite_group_teardown);
 }

@@ -33,6 +33,7 @@
 #include "common/job.h"
 #include "kernels/cpu/dtype.h"
 #include "tests/support/api_client.h"
+#include "tests/support/fixture.h"
 #include "tests/support/proc.h"
 #include "tests/support/stack.h"
 #include "worker/chat.h"
@@ -52,15 +53,6 @@ static struct tokenizer *llama; /* NULL without ../shared */
 
 /* ---- helpers ---- */
 
-static struct job_request *request(const char *json)
-{
-    struct job_request *r = NULL;
-    struct job_error je;
-    if (job_request_parse(&r, json, strlen(json), NULL, &je, NULL) != 0)
-        fail_msg("bad request %s: [%s] %s", json, je.field, je.message);
-    return r;
-}
-
 /* The conversation of these tests: a system message and three turns. */
 static const char *const CHAT_JSON =
     "[{\"role\": \"system\", \"content\": \"You are terse.\"},"
@@ -72,7 +64,7 @@ static struct job_request *chat_request(const char *extra)
 {
     char body[1024];
     snprintf(body, sizeof(body), "{\"messages\": %s, \"max_tokens\": 12%s}", CHAT_JSON, extra);
-    return request(body);
+    return fixture_request(body);
 }
 
 /* Append tok_encode(text) without BOS to ids[*n]. */
@@ -237,9 +229,10 @@ static void test_single_user_turn_and_empty_answer(void **state)
 {
     (void)state;
     REQUIRE_LLAMA();
-    struct job_request *r = request("{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, "
-                                    "{\"role\": \"assistant\", \"content\": \"\"}, {\"role\": "
-                                    "\"user\", \"content\": \"Hi\"}], \"max_tokens\": 1}");
+    struct job_request *r =
+        fixture_request("{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, "
+                        "{\"role\": \"assistant\", \"content\": \"\"}, {\"role\": "
+                        "\"user\", \"content\": \"Hi\"}], \"max_tokens\": 1}");
     int *ids = NULL, want[64];
     size_t n = 0, n_want = 0;
     want[n_want++] = 1;
@@ -301,10 +294,10 @@ static struct tokenizer *inst_vocab(int32_t inst_type)
 static void test_control_inst_pieces_become_ids(void **state)
 {
     (void)state;
-    struct job_request *r =
-        request("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": "
-                "\"assistant\", \"content\": \"yo\"}, {\"role\": \"user\", \"content\": \"hi\"}],"
-                " \"max_tokens\": 1}");
+    struct job_request *r = fixture_request(
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": "
+        "\"assistant\", \"content\": \"yo\"}, {\"role\": \"user\", \"content\": \"hi\"}],"
+        " \"max_tokens\": 1}");
     static const int want[] = {1, 3, 11, 4, 13, 2, 3, 11, 4};
     const int32_t kinds[] = {TOK_TYPE_CONTROL, TOK_TYPE_USER_DEFINED};
     for (int k = 0; k < 2; k++) {

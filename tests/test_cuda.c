@@ -39,6 +39,7 @@
 #include "kernels/cpu/dtype.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
+#include "tests/support/fixture.h"
 #include "worker/engine.h"
 #include "worker/make_model.h"
 #include "worker/model.h"
@@ -667,6 +668,17 @@ static void make(const char *preset, uint32_t type, const char *name)
         fail_msg("make-model %s: %s", name, err);
 }
 
+/* The "tiny" preset in f16, made once, loaded (new: model_free). */
+static struct model *load_tiny_f16(void)
+{
+    char path[128], err[512];
+    make("tiny", KC_TYPE_F16, "tiny-f16");
+    struct model *m = NULL;
+    assert_int_equal(model_load(&m, model_path("tiny-f16", path, sizeof(path)), err, sizeof(err)),
+                     0);
+    return m;
+}
+
 static struct engine *open_engine(const char *path, const char *device, int max_batch)
 {
     char err[512];
@@ -803,11 +815,8 @@ static void test_sample_after_forward_on_the_device(void **state)
 {
     (void)state;
     NEED_CUDA();
-    char path[128], err[512];
-    make("tiny", KC_TYPE_F16, "tiny-f16");
-    struct model *m = NULL;
-    assert_int_equal(model_load(&m, model_path("tiny-f16", path, sizeof(path)), err, sizeof(err)),
-                     0);
+    char err[512];
+    struct model *m = load_tiny_f16();
     const struct backend_ops *ops = backend_find("cuda");
     assert_non_null(ops);
     assert_non_null(ops->sample);
@@ -868,23 +877,6 @@ static void test_sample_after_forward_on_the_device(void **state)
     model_free(m);
 }
 
-static int shared_present(void)
-{
-    if (access(ORACLE_DIR "/synth-tiny-f32.json", R_OK) == 0)
-        return 1;
-    printf("skipped: %s not found (the reference outputs live in ../shared)\n", ORACLE_DIR);
-    return 0;
-}
-
-static struct job_request *request(const char *json)
-{
-    struct job_request *r = NULL;
-    struct job_error je;
-    if (job_request_parse(&r, json, strlen(json), NULL, &je, NULL) != 0)
-        fail_msg("bad request %s: %s", json, je.message);
-    return r;
-}
-
 /* Free-running greedy generation on the GPU; returns how many ids agree. */
 static int greedy_agreement(const char *oracle, int *n_total)
 {
@@ -909,7 +901,7 @@ static int greedy_agreement(const char *oracle, int *n_total)
                               n_want, "temperature", 0.0);
         char *text = json_dumps(b, 0);
         json_decref(b);
-        struct job_request *req = request(text);
+        struct job_request *req = fixture_request(text);
         free(text);
         struct seq s;
         struct engine_stats st;
@@ -936,7 +928,7 @@ static void test_greedy_ids_equal_the_oracle_on_the_gpu(void **state)
 {
     (void)state;
     NEED_CUDA();
-    if (!shared_present()) {
+    if (!fixture_oracle_present()) {
         skip();
         return;
     }
@@ -970,7 +962,8 @@ static void run_jobs(const struct model *m, const char *device, const char *cons
         char id[8];
         snprintf(id, sizeof(id), "j%d", i);
         texts[i][0] = 0;
-        assert_int_equal(sched_submit_take(s, id, 1, 1.7e9, request(reqs[i]), err, sizeof(err)), 0);
+        assert_int_equal(
+            sched_submit_take(s, id, 1, 1.7e9, fixture_request(reqs[i]), err, sizeof(err)), 0);
     }
     int finished = 0, steps = 0;
     while (sched_busy(s)) {
@@ -1006,11 +999,7 @@ static void test_scheduler_on_cuda_gives_the_cpu_text(void **state)
         "\"frequency_penalty\": 1.5, \"presence_penalty\": 0.5}",
     };
     enum { N = sizeof(reqs) / sizeof(reqs[0]) };
-    char path[128], err[512];
-    make("tiny", KC_TYPE_F16, "tiny-f16");
-    struct model *m = NULL;
-    assert_int_equal(model_load(&m, model_path("tiny-f16", path, sizeof(path)), err, sizeof(err)),
-                     0);
+    struct model *m = load_tiny_f16();
     static char cpu[N][1024], gpu[N][1024];
     run_jobs(m, "cpu", reqs, N, cpu);
     run_jobs(m, "cuda", reqs, N, gpu);
@@ -1027,11 +1016,8 @@ static void test_cuda_failures_are_error_codes(void **state)
 {
     (void)state;
     NEED_CUDA();
-    char path[128], err[512];
-    make("tiny", KC_TYPE_F16, "tiny-f16");
-    struct model *m = NULL;
-    assert_int_equal(model_load(&m, model_path("tiny-f16", path, sizeof(path)), err, sizeof(err)),
-                     0);
+    char err[512];
+    struct model *m = load_tiny_f16();
     const struct backend_ops *ops = backend_find("cuda");
     struct backend *be = NULL;
     // a KV pool no GPU has: cudaMalloc fails, and says where

@@ -20,6 +20,7 @@
 #include <jansson.h>
 
 #include "kernels/cpu/dtype.h"
+#include "tests/support/fixture.h"
 #include "worker/engine.h"
 #include "worker/make_model.h"
 #include "worker/model.h"
@@ -82,19 +83,10 @@ static struct engine *open_engine(const char *name, int max_batch)
     return open_engine_with(name, max_batch, 0, 2);
 }
 
-static struct job_request *request(const char *json)
-{
-    struct job_request *r = NULL;
-    struct job_error je;
-    if (job_request_parse(&r, json, strlen(json), NULL, &je, NULL) != 0)
-        fail_msg("bad request %s: %s", json, je.message);
-    return r;
-}
-
 /* Greedy generation of n tokens from prompt; s must be seq_fini'd. */
 static void generate(struct engine *e, const char *json, struct seq *s)
 {
-    struct job_request *req = request(json);
+    struct job_request *req = fixture_request(json);
     struct engine_stats st;
     char err[512];
     if (engine_generate(e, req, s, &st, NULL, NULL, err, sizeof(err)) < 0)
@@ -380,10 +372,12 @@ static void test_max_input_tokens_keeps_bos_and_the_end(void **state)
 {
     (void)state;
     struct engine *e = open_engine("tiny-f32", 64);
-    struct job_request *all = request("{\"text\": \"one two three four five six seven eight\", "
-                                      "\"max_tokens\": 1}");
-    struct job_request *cut = request("{\"text\": \"one two three four five six seven eight\", "
-                                      "\"max_tokens\": 1, \"max_input_tokens\": 4}");
+    struct job_request *all =
+        fixture_request("{\"text\": \"one two three four five six seven eight\", "
+                        "\"max_tokens\": 1}");
+    struct job_request *cut =
+        fixture_request("{\"text\": \"one two three four five six seven eight\", "
+                        "\"max_tokens\": 1, \"max_input_tokens\": 4}");
     int *a, *c, na, nc;
     char err[256];
     assert_int_equal(seq_tokenize_prompt(e->model, all, &a, &na, err, sizeof(err)), 0);
@@ -409,7 +403,7 @@ static void test_prompt_longer_than_the_context_is_a_clear_error(void **state)
     for (size_t i = 0; i < 1000; i++)
         strcat(json, "abc ");
     strcat(json, "\", \"max_tokens\": 4}");
-    struct job_request *req = request(json);
+    struct job_request *req = fixture_request(json);
     struct seq s;
     struct engine_stats st;
     char err[512] = "";

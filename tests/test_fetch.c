@@ -40,6 +40,12 @@
 #define MODEL_PATH "/models/tiny.gguf"
 #define MIB        (1024 * 1024)
 
+/* the sizes of a download's names (model_download) */
+#define URL_CAP   256
+#define CACHE_CAP 128
+#define FILE_CAP  1024
+#define PART_CAP  1100
+
 static char tmp[64];     /* the test's temporary directory */
 static char *model;      /* the served bytes: a "tiny" GGUF */
 static size_t model_len; /* bytes in model */
@@ -151,6 +157,19 @@ static void cached_path(const char *url, const char *cache, char *buf, size_t ca
 static struct fetch_opts quiet(const char *cache)
 {
     return (struct fetch_opts){.cache_dir = cache, .progress = FETCH_PROGRESS_NONE};
+}
+
+/* Where a download of the model on s goes: its URL, a fresh cache (and quiet
+ * options for it, returned), the cached file's path and its .part's. */
+static struct fetch_opts model_download(const struct file_server *s, char url[static URL_CAP],
+                                        char cache[static CACHE_CAP], char file[static FILE_CAP],
+                                        char part[static PART_CAP])
+{
+    url_of(s, MODEL_PATH, url, URL_CAP);
+    struct fetch_opts o = quiet(new_cache(cache, CACHE_CAP));
+    cached_path(url, cache, file, FILE_CAP);
+    snprintf(part, PART_CAP, "%s.part", file);
+    return o;
 }
 
 /* stderr into a file between begin and end; end returns what was written (new). */
@@ -446,11 +465,8 @@ static void test_interrupted_download_keeps_the_part_and_resumes(void **state)
 {
     (void)state;
     struct file_server *s = serve((struct file_server_opts){.drop_after = MIB});
-    char url[256], cache[128], out[1024], err[1024], file[1024], part[1100];
-    url_of(s, MODEL_PATH, url, sizeof(url));
-    struct fetch_opts o = quiet(new_cache(cache, sizeof(cache)));
-    cached_path(url, cache, file, sizeof(file));
-    snprintf(part, sizeof(part), "%s.part", file);
+    char url[URL_CAP], cache[CACHE_CAP], out[1024], err[1024], file[FILE_CAP], part[PART_CAP];
+    struct fetch_opts o = model_download(s, url, cache, file, part);
 
     assert_int_equal(fetch_resolve_model(url, &o, out, sizeof(out), err, sizeof(err)),
                      FETCH_EPARTIAL);
@@ -500,11 +516,8 @@ static void test_server_ignoring_the_range_starts_over(void **state)
 {
     (void)state;
     struct file_server *s = serve((struct file_server_opts){.ignore_range = 1});
-    char url[256], cache[128], out[1024], err[1024], file[1024], part[1100];
-    url_of(s, MODEL_PATH, url, sizeof(url));
-    struct fetch_opts o = quiet(new_cache(cache, sizeof(cache)));
-    cached_path(url, cache, file, sizeof(file));
-    snprintf(part, sizeof(part), "%s.part", file);
+    char url[URL_CAP], cache[CACHE_CAP], out[1024], err[1024], file[FILE_CAP], part[PART_CAP];
+    struct fetch_opts o = model_download(s, url, cache, file, part);
     /* a .part that would corrupt the file if it were kept */
     char cmd[2400];
     snprintf(cmd, sizeof(cmd), "mkdir -p \"$(dirname '%s')\"", part);
@@ -534,11 +547,9 @@ static void test_resume_sends_if_range_and_a_changed_file_starts_over(void **sta
     for (int changed = 0; changed < 2; changed++) {
         struct file_server *s =
             serve((struct file_server_opts){.drop_after = MIB, .etag = "\"v1\""});
-        char url[256], cache[128], out[1024], err[1024], file[1024], part[1100], vfile[1200];
-        url_of(s, MODEL_PATH, url, sizeof(url));
-        struct fetch_opts o = quiet(new_cache(cache, sizeof(cache)));
-        cached_path(url, cache, file, sizeof(file));
-        snprintf(part, sizeof(part), "%s.part", file);
+        char url[URL_CAP], cache[CACHE_CAP], out[1024], err[1024], file[FILE_CAP], part[PART_CAP],
+            vfile[1200];
+        struct fetch_opts o = model_download(s, url, cache, file, part);
         snprintf(vfile, sizeof(vfile), "%s.validator", part);
 
         assert_int_equal(fetch_resolve_model(url, &o, out, sizeof(out), err, sizeof(err)),
@@ -573,11 +584,9 @@ static void test_complete_part_is_finished_by_a_416(void **state)
 {
     (void)state;
     struct file_server *s = serve((struct file_server_opts){0});
-    char url[256], cache[128], out[1024], err[1024], file[1024], part[1100], cmd[2400];
-    url_of(s, MODEL_PATH, url, sizeof(url));
-    struct fetch_opts o = quiet(new_cache(cache, sizeof(cache)));
-    cached_path(url, cache, file, sizeof(file));
-    snprintf(part, sizeof(part), "%s.part", file);
+    char url[URL_CAP], cache[CACHE_CAP], out[1024], err[1024], file[FILE_CAP], part[PART_CAP],
+        cmd[2400];
+    struct fetch_opts o = model_download(s, url, cache, file, part);
     snprintf(cmd, sizeof(cmd), "mkdir -p \"$(dirname '%s')\"", part);
     assert_int_equal(system(cmd), 0);
 
@@ -611,11 +620,8 @@ static void test_sha256_match_and_mismatch(void **state)
 {
     (void)state;
     struct file_server *s = serve((struct file_server_opts){0});
-    char url[256], cache[128], out[1024], err[1024], file[1024], part[1100];
-    url_of(s, MODEL_PATH, url, sizeof(url));
-    struct fetch_opts o = quiet(new_cache(cache, sizeof(cache)));
-    cached_path(url, cache, file, sizeof(file));
-    snprintf(part, sizeof(part), "%s.part", file);
+    char url[URL_CAP], cache[CACHE_CAP], out[1024], err[1024], file[FILE_CAP], part[PART_CAP];
+    struct fetch_opts o = model_download(s, url, cache, file, part);
 
     /* a wrong hash: an error naming both, and nothing left behind */
     const char *wrong = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -887,11 +893,8 @@ static void test_failed_write_names_the_part_and_keeps_it(void **state)
 {
     (void)state;
     struct file_server *s = serve((struct file_server_opts){0});
-    char url[256], cache[128], out[1024], err[1024], file[1024], part[1100];
-    url_of(s, MODEL_PATH, url, sizeof(url));
-    struct fetch_opts o = quiet(new_cache(cache, sizeof(cache)));
-    cached_path(url, cache, file, sizeof(file));
-    snprintf(part, sizeof(part), "%s.part", file);
+    char url[URL_CAP], cache[CACHE_CAP], out[1024], err[1024], file[FILE_CAP], part[PART_CAP];
+    struct fetch_opts o = model_download(s, url, cache, file, part);
     /* a full disk, as the process sees it: files may not grow past 1 MiB */
     struct rlimit saved, small;
     getrlimit(RLIMIT_FSIZE, &saved);
@@ -934,11 +937,8 @@ static void test_cancel_flag_stops_a_download_and_keeps_the_part(void **state)
 {
     (void)state;
     struct file_server *s = serve((struct file_server_opts){.stall_after = MIB, .stall_ms = 10000});
-    char url[256], cache[128], out[1024], err[1024], file[1024], part[1100];
-    url_of(s, MODEL_PATH, url, sizeof(url));
-    struct fetch_opts o = quiet(new_cache(cache, sizeof(cache)));
-    cached_path(url, cache, file, sizeof(file));
-    snprintf(part, sizeof(part), "%s.part", file);
+    char url[URL_CAP], cache[CACHE_CAP], out[1024], err[1024], file[FILE_CAP], part[PART_CAP];
+    struct fetch_opts o = model_download(s, url, cache, file, part);
     o.cancel = &cancel_flag;
     atomic_store(&cancel_flag, 0);
     pthread_t t;

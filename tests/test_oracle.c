@@ -22,6 +22,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 
+#include "tests/support/fixture.h"
 #include "worker/engine.h"
 #include "worker/model.h"
 
@@ -51,14 +52,6 @@ static json_t *load_oracle(const char *name)
     if (!o)
         fail_msg("%s: %s", path, je.text);
     return o;
-}
-
-static int shared_present(void)
-{
-    if (access(ORACLE_DIR "/synth-tiny-f32.json", R_OK) == 0)
-        return 1;
-    printf("skipped: %s not found (the reference outputs live in ../shared)\n", ORACLE_DIR);
-    return 0;
 }
 
 static struct engine *open_engine(const char *model_file)
@@ -97,7 +90,7 @@ static struct job_request *greedy_request(const char *prompt, int max_tokens)
 /* Free-running greedy generation equals the reference, tokens and text. */
 static void check_greedy(const char *oracle)
 {
-    if (!shared_present()) {
+    if (!fixture_oracle_present()) {
         skip();
         return;
     }
@@ -144,7 +137,7 @@ static void check_greedy(const char *oracle)
  * log-probabilities. */
 static void check_forced(const char *oracle, double tol)
 {
-    if (!shared_present()) {
+    if (!fixture_oracle_present()) {
         skip();
         return;
     }

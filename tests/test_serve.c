@@ -150,6 +150,23 @@ static json_t *get_json(const char *path, long *status)
     return o;
 }
 
+/* Poll GET /stats until its backlog is `backlog` and, unless runners < 0, it
+ * counts `runners` runners; returns it (new), or NULL after timeout_ms. */
+static json_t *stats_when(long backlog, long runners, long timeout_ms)
+{
+    long status;
+    int64_t deadline = clock_now_ms() + timeout_ms;
+    do {
+        json_t *s = get_json("/stats", &status);
+        if (s && api_int(s, "backlog") == backlog &&
+            (runners < 0 || api_int(s, "num_total_runners") == runners))
+            return s;
+        json_decref(s);
+        clock_sleep_ms(50);
+    } while (clock_now_ms() < deadline);
+    return NULL;
+}
+
 static void test_health_stats_and_the_reference_text(void **state)
 {
     (void)state;
@@ -161,32 +178,14 @@ static void test_health_stats_and_the_reference_text(void **state)
     char ids[3][64];
     for (int i = 0; i < 3; i++)
         api_submit(&st, "queued before the worker", NULL, ids[i], sizeof(ids[i]));
-    long status;
-    json_t *s;
-    int64_t deadline = clock_now_ms() + 3000;
-    do {
-        s = get_json("/stats", &status);
-        if (s && api_int(s, "backlog") == 3)
-            break;
-        json_decref(s);
-        s = NULL;
-        clock_sleep_ms(50);
-    } while (clock_now_ms() < deadline);
+    json_t *s = stats_when(3, -1, 3000);
     assert_non_null(s);
     assert_int_equal(api_int(s, "num_total_runners"), 0);
     json_decref(s);
 
     start_worker(have_shared ? SHARED_F32 : tiny, NULL);
     assert_int_equal(stack_wait_health(&st, 200, 20000), 0);
-    deadline = clock_now_ms() + 10000;
-    do {
-        s = get_json("/stats", &status);
-        if (s && api_int(s, "backlog") == 0 && api_int(s, "num_total_runners") == 1)
-            break;
-        json_decref(s);
-        s = NULL;
-        clock_sleep_ms(50);
-    } while (clock_now_ms() < deadline);
+    s = stats_when(0, 1, 10000);
     assert_non_null(s);
     /* what the worker reports with its heartbeat shows (valid JSON, the model named) */
     json_t *runner = json_array_get(json_object_get(s, "runners"), 0);
@@ -197,6 +196,7 @@ static void test_health_stats_and_the_reference_text(void **state)
     for (int i = 0; i < 3; i++) {
         char path[256];
         snprintf(path, sizeof(path), "/jobs/%s?wait=20", ids[i]);
+        long status;
         json_t *j = get_json(path, &status);
         assert_int_equal(status, 200);
         assert_string_equal(api_str(j, "status"), "done");
