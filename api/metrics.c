@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/grow.h"
+
 /* The "no lock" promise of metrics.h holds only where these are lock-free. */
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "metrics needs lock-free 64-bit atomics");
 _Static_assert(ATOMIC_LONG_LOCK_FREE == 2, "metrics needs lock-free long atomics");
@@ -247,16 +249,10 @@ static void buf_printf(struct buf *b, const char *fmt, ...)
             b->len += (size_t)n;
             return;
         }
-        size_t cap = b->cap * 2;
-        while (cap - b->len <= (size_t)n)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
+        if (grow_array((void **)&b->p, &b->cap, b->len + (size_t)n + 1, 1) < 0) {
             b->err = METRICS_ENOMEM;
             return;
         }
-        b->p = p;
-        b->cap = cap;
     }
 }
 

@@ -119,18 +119,37 @@ static int reply_json(struct api_request *r, int status, json_t *root,
     return rc;
 }
 
+/* Why Redis could not do what we asked (rc from a call on q), into msg; logged. */
+static void redis_message(struct api_request *r, int rc, struct queue *q, char *msg, size_t len)
+{
+    snprintf(msg, len, "%s: %s",
+             rc == QUEUE_EDOWN ? "Redis is unreachable" : "Redis refused the request",
+             queue_errstr(q));
+    log_warn("%s %s: %s", r->method, r->path, msg);
+}
+
 /* The answer when Redis could not do what we asked. */
 static int redis_trouble(struct api_request *r, int rc, struct queue *q)
 {
-    const struct api_config *c = server_config(r->srv);
     char retry[16], msg[400];
-    snprintf(retry, sizeof(retry), "%d", c->retry_after_s);
+    redis_message(r, rc, q, msg, sizeof(msg));
+    snprintf(retry, sizeof(retry), "%d", server_config(r->srv)->retry_after_s);
     struct api_header h = {"Retry-After", retry};
-    snprintf(msg, sizeof(msg), "%s: %s",
-             rc == QUEUE_EDOWN ? "Redis is unreachable" : "Redis refused the request",
-             q ? queue_errstr(q) : "");
-    log_warn("%s %s: %s", r->method, r->path, msg);
     return server_error(r, 503, "unavailable", msg, NULL, NULL, &h, 1);
+}
+
+static int no_such_job(struct api_request *r, const char *id)
+{
+    return server_error(r, 404, "not_found", "no such job (or its result has expired)", NULL, id,
+                        NULL, 0);
+}
+
+/* The client's socket, or -1. */
+static int conn_fd(struct api_request *r)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return ci ? ci->connect_fd : -1;
 }
 
 /* {"id", "status", "position"?, "attempts", "created", "started"?, "finished"?,
@@ -156,8 +175,6 @@ static json_t *job_json(const char *id, const struct queue_job_info *info)
         int status;
         const char *type, *message;
         server_job_failure(info, &status, &type, &message);
-        if (info->state == QUEUE_CANCELLED && info->error)
-            message = info->error;
         json_object_set_new(o, "error", json_pack("{s:s, s:s}", "type", type, "message", message));
     }
     return o;
@@ -187,12 +204,10 @@ static int reply_final(struct api_request *r, const struct queue_job_info *info)
 
 static void park(struct api_request *r, const char *id, enum waiter_kind kind, int64_t wait_ms)
 {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     snprintf(r->w.id, sizeof(r->w.id), "%s", id);
     r->w.kind = kind;
     r->w.conn = r->conn;
-    r->w.fd = ci ? ci->connect_fd : -1;
+    r->w.fd = conn_fd(r);
     r->w.deadline_ms = clock_now_ms() + wait_ms;
     r->parked = 1;
     waiters_park(server_waiters(r->srv), &r->w);
@@ -208,24 +223,33 @@ static int fail_parked(struct api_request *r, int status, const char *type, cons
     return MHD_YES;
 }
 
-/* Look at the job once after parking (register-then-check): wakes the
- * request at once when the job is already over. */
+/* Read w's job once, registering this instance as its watcher for watch_s
+ * seconds, and resolve w at once when the job is already over. Call after
+ * registering w (register-then-check). Returns 0, QUEUE_ENOJOB or an error. */
+static int look_once(struct api_request *r, struct queue *q, struct waiter *w, int watch_s)
+{
+    struct queue_job_info info;
+    int rc = queue_job_get(q, w->id, server_config(r->srv)->api_id, watch_s, &info);
+    if (rc < 0)
+        return rc;
+    if (info.state == QUEUE_DONE || info.state == QUEUE_FAILED || info.state == QUEUE_CANCELLED)
+        waiters_resolve(server_waiters(r->srv), w, WAITER_FINISHED, &info);
+    else
+        queue_job_info_fini(&info);
+    return 0;
+}
+
+/* look_once for a parked request: a job that is gone or a Redis failure
+ * wakes it too. */
 static void first_look(struct api_request *r, struct queue *q, int watch_s)
 {
-    const struct api_config *c = server_config(r->srv);
-    struct queue_job_info info;
-    int rc = queue_job_get(q, r->w.id, c->api_id, watch_s, &info);
+    int rc = look_once(r, q, &r->w, watch_s);
     if (rc == QUEUE_ENOJOB) {
         waiters_resolve(server_waiters(r->srv), &r->w, WAITER_LOST, NULL);
     } else if (rc < 0) {
-        char msg[300];
-        snprintf(msg, sizeof(msg), "Redis is unreachable: %s", queue_errstr(q));
+        char msg[400];
+        redis_message(r, rc, q, msg, sizeof(msg));
         fail_parked(r, 503, "unavailable", msg);
-    } else if (info.state == QUEUE_DONE || info.state == QUEUE_FAILED ||
-               info.state == QUEUE_CANCELLED) {
-        waiters_resolve(server_waiters(r->srv), &r->w, WAITER_FINISHED, &info);
-    } else {
-        queue_job_info_fini(&info);
     }
 }
 
@@ -235,10 +259,7 @@ static void first_look(struct api_request *r, struct queue *q, int watch_s)
 static int open_stream(struct api_request *r, const char *id, const struct sse_position *pos,
                        int cancel_on_close, struct sse_client **out)
 {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    return sse_client_open(server_sse(r->srv), id, pos, cancel_on_close, r->conn,
-                           ci ? ci->connect_fd : -1, out);
+    return sse_client_open(server_sse(r->srv), id, pos, cancel_on_close, r->conn, conn_fd(r), out);
 }
 
 /*
@@ -250,22 +271,12 @@ static int open_stream(struct api_request *r, const char *id, const struct sse_p
 static int stream_first_look(struct api_request *r, struct queue *q, struct sse_client *sc,
                              const char *id, int *ret)
 {
-    const struct api_config *c = server_config(r->srv);
-    struct queue_job_info info;
-    int rc = queue_job_get(q, id, c->api_id, c->request_timeout_s + 5, &info);
-    if (rc == QUEUE_ENOJOB || rc < 0) {
-        sse_client_abandon(sc);
-        *ret = rc == QUEUE_ENOJOB
-                   ? server_error(r, 404, "not_found", "no such job (or its result has expired)",
-                                  NULL, id, NULL, 0)
-                   : redis_trouble(r, rc, q);
-        return -1;
-    }
-    if (info.state == QUEUE_DONE || info.state == QUEUE_FAILED || info.state == QUEUE_CANCELLED)
-        waiters_resolve(server_waiters(r->srv), sse_client_waiter(sc), WAITER_FINISHED, &info);
-    else
-        queue_job_info_fini(&info);
-    return 0;
+    int rc = look_once(r, q, sse_client_waiter(sc), server_config(r->srv)->request_timeout_s + 5);
+    if (rc == 0)
+        return 0;
+    sse_client_abandon(sc);
+    *ret = rc == QUEUE_ENOJOB ? no_such_job(r, id) : redis_trouble(r, rc, q);
+    return -1;
 }
 
 /* Answer r with sc's event stream. */
@@ -376,28 +387,23 @@ static int handle_submit(struct api_request *r, int sync)
         snprintf(r->job_id, sizeof(r->job_id), "%s", got);
 
     int ret = MHD_YES;
-    char retry[16];
-    snprintf(retry, sizeof(retry), "%d", c->retry_after_s);
     if (rc < 0 || oc == QUEUE_ENQUEUE_FULL) {
-        char msg[400];
+        char msg[400], retry[16];
         int status = rc < 0 ? 503 : 429;
+        const char *type = rc < 0 ? "unavailable" : "queue_full";
         if (rc < 0)
-            snprintf(msg, sizeof(msg), "%s: %s",
-                     rc == QUEUE_EDOWN ? "Redis is unreachable" : "Redis refused the job",
-                     queue_errstr(q));
+            redis_message(r, rc, q, msg, sizeof(msg));
         else
             snprintf(msg, sizeof(msg), "the queue is full (%ld jobs waiting); retry after %d s",
                      c->queue.max_backlog, c->retry_after_s);
-        if (rc < 0)
-            log_warn("%s: %s", r->path, msg);
         if (sc)
             sse_client_abandon(sc);
         if (r->parked) {
-            fail_parked(r, status, rc < 0 ? "unavailable" : "queue_full", msg);
+            fail_parked(r, status, type, msg);
         } else {
+            snprintf(retry, sizeof(retry), "%d", c->retry_after_s);
             struct api_header h = {"Retry-After", retry};
-            ret = server_error(r, status, rc < 0 ? "unavailable" : "queue_full", msg, NULL, NULL,
-                               &h, 1);
+            ret = server_error(r, status, type, msg, NULL, NULL, &h, 1);
         }
     } else if (stream) {
         if (!sc) { /* enqueued first (idempotency key): open, then look */
@@ -434,6 +440,21 @@ static int handle_submit(struct api_request *r, int sync)
 
 /* ---- /jobs/{id} --------------------------------------------------------- */
 
+/* Answer with job `id` as it stands now (a plain GET, or a long poll that
+ * timed out). */
+static int reply_current(struct api_request *r, struct queue *q, const char *id)
+{
+    struct queue_job_info info;
+    int rc = queue_job_get(q, id, NULL, 0, &info);
+    if (rc == QUEUE_ENOJOB)
+        return no_such_job(r, id);
+    if (rc < 0)
+        return redis_trouble(r, rc, q);
+    int ret = reply_json(r, 200, job_json(id, &info), NULL, 0);
+    queue_job_info_fini(&info);
+    return ret;
+}
+
 static int handle_get(struct api_request *r, const char *id)
 {
     const struct api_config *c = server_config(r->srv);
@@ -456,17 +477,7 @@ static int handle_get(struct api_request *r, const char *id)
         park(r, id, WAITER_POLL, (int64_t)(wait * 1000));
         first_look(r, q, (int)wait + 5);
     } else {
-        struct queue_job_info info;
-        int rc = queue_job_get(q, id, NULL, 0, &info);
-        if (rc == QUEUE_ENOJOB)
-            ret = server_error(r, 404, "not_found", "no such job (or its result has expired)", NULL,
-                               id, NULL, 0);
-        else if (rc < 0)
-            ret = redis_trouble(r, rc, q);
-        else
-            ret = reply_json(r, 200, job_json(id, &info), NULL, 0);
-        if (rc == 0)
-            queue_job_info_fini(&info);
+        ret = reply_current(r, q, id);
     }
     server_queue_give(r->srv, q);
     return ret;
@@ -479,8 +490,7 @@ static int handle_delete(struct api_request *r, const char *id)
     enum queue_state before;
     int rc = queue_cancel(q, id, &before), ret;
     if (rc == QUEUE_ENOJOB)
-        ret = server_error(r, 404, "not_found", "no such job (or its result has expired)", NULL, id,
-                           NULL, 0);
+        ret = no_such_job(r, id);
     else if (rc < 0)
         ret = redis_trouble(r, rc, q);
     else if (before == QUEUE_DONE || before == QUEUE_FAILED)
@@ -555,7 +565,7 @@ static int handle_metrics(struct api_request *r)
     status_get_fleet(server_status(r->srv), &fleet, NULL);
     if (metrics_render_fleet(server_metrics(r->srv), ok ? &st : NULL, &fleet, &text, &len) < 0)
         return server_error(r, 500, "internal_error", "out of memory", NULL, NULL, NULL, 0);
-    int rc = server_reply(r, 200, text, len, NULL, 0);
+    int rc = server_reply_typed(r, 200, METRICS_CONTENT_TYPE, text, len, NULL, 0);
     free(text);
     return rc;
 }
@@ -590,25 +600,6 @@ int routes_handle(struct api_request *r, const char *url)
 
 /* ---- waking up ---------------------------------------------------------- */
 
-/* A long poll's answer: the job as it stands now. */
-static int reply_current(struct api_request *r)
-{
-    struct queue *q = server_queue_take(r->srv);
-    struct queue_job_info info;
-    int rc = queue_job_get(q, r->w.id, NULL, 0, &info), ret;
-    if (rc == QUEUE_ENOJOB)
-        ret = server_error(r, 404, "not_found", "no such job (or its result has expired)", NULL,
-                           r->w.id, NULL, 0);
-    else if (rc < 0)
-        ret = redis_trouble(r, rc, q);
-    else
-        ret = reply_json(r, 200, job_json(r->w.id, &info), NULL, 0);
-    if (rc == 0)
-        queue_job_info_fini(&info);
-    server_queue_give(r->srv, q);
-    return ret;
-}
-
 int routes_resume(struct api_request *r)
 {
     const struct api_config *c = server_config(r->srv);
@@ -622,9 +613,12 @@ int routes_resume(struct api_request *r)
         return poll ? reply_json(r, 200, job_json(w->id, &w->info), NULL, 0)
                     : reply_final(r, &w->info);
     case WAITER_TIMEOUT:
-        if (poll)
-            return reply_current(r);
-        else {
+        if (poll) {
+            struct queue *q = server_queue_take(r->srv);
+            int ret = reply_current(r, q, w->id);
+            server_queue_give(r->srv, q);
+            return ret;
+        } else {
             char msg[200], location[QUEUE_ID_MAX + 8];
             snprintf(msg, sizeof(msg),
                      "the job did not finish within %d s; it goes on: poll GET /jobs/%s",
@@ -643,8 +637,7 @@ int routes_resume(struct api_request *r)
         return server_error(r, 503, "shutting_down", msg, NULL, w->id, &h, 1);
     }
     case WAITER_LOST:
-        return poll ? server_error(r, 404, "not_found", "no such job (or its result has expired)",
-                                   NULL, w->id, NULL, 0)
+        return poll ? no_such_job(r, w->id)
                     : server_error(r, 500, "internal_error",
                                    "the job disappeared from Redis before it finished", NULL, w->id,
                                    NULL, 0);

@@ -29,6 +29,7 @@
 #include "api/sse.h"
 #include "api/status.h"
 #include "common/clock.h"
+#include "common/grow.h"
 #include "common/log.h"
 
 #define SERVER_POOL_MAX 64
@@ -51,10 +52,8 @@ struct server {
 
     pthread_mutex_t pool_lock;
     pthread_cond_t pool_cond;
-    struct queue *pool[SERVER_POOL_MAX];
-    int pool_free; /* handles in pool[0..pool_free) are idle */
-    int pool_made; /* handles created so far */
-    int pool_cap;
+    struct queue *pool[SERVER_POOL_MAX]; /* made at start; each connects when first used */
+    int pool_free;                       /* handles in pool[0..pool_free) are idle */
 };
 
 const struct api_config *server_config(const struct server *s)
@@ -89,24 +88,10 @@ int server_stopping(const struct server *s)
 
 struct queue *server_queue_take(struct server *s)
 {
-    struct queue *q = NULL;
     pthread_mutex_lock(&s->pool_lock);
-    for (;;) {
-        if (s->pool_free > 0) {
-            q = s->pool[--s->pool_free];
-            break;
-        }
-        if (s->pool_made < s->pool_cap) {
-            char name[64], err[256];
-            snprintf(name, sizeof(name), "mr:api:%.48s", s->cfg.api_id);
-            if (queue_create(&q, &s->cfg.redis, &s->cfg.queue, name, err, sizeof(err)) == 0) {
-                s->pool_made++;
-                break;
-            }
-            log_error("cannot make a Redis connection: %s", err);
-        }
+    while (s->pool_free == 0)
         pthread_cond_wait(&s->pool_cond, &s->pool_lock);
-    }
+    struct queue *q = s->pool[--s->pool_free];
     pthread_mutex_unlock(&s->pool_lock);
     return q;
 }
@@ -121,17 +106,14 @@ void server_queue_give(struct server *s, struct queue *q)
 
 /* ---- replies ---------------------------------------------------------- */
 
-int server_reply(struct api_request *r, int status, const char *json, size_t len,
-                 const struct api_header *headers, size_t n)
+int server_reply_typed(struct api_request *r, int status, const char *content_type,
+                       const char *body, size_t len, const struct api_header *headers, size_t n)
 {
     struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, (void *)json, MHD_RESPMEM_MUST_COPY);
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (!resp)
         return MHD_NO;
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
-                            status == 200 && r->route == METRICS_ROUTE_METRICS
-                                ? METRICS_CONTENT_TYPE
-                                : "application/json");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     for (size_t i = 0; i < n; i++)
         MHD_add_response_header(resp, headers[i].name, headers[i].value);
     if (server_stopping(r->srv))
@@ -143,6 +125,12 @@ int server_reply(struct api_request *r, int status, const char *json, size_t len
     return rc;
 }
 
+int server_reply(struct api_request *r, int status, const char *json, size_t len,
+                 const struct api_header *headers, size_t n)
+{
+    return server_reply_typed(r, status, "application/json", json, len, headers, n);
+}
+
 void server_job_failure(const struct queue_job_info *info, int *status, const char **type,
                         const char **message)
 {
@@ -151,7 +139,7 @@ void server_job_failure(const struct queue_job_info *info, int *status, const ch
     if (info->state == QUEUE_CANCELLED) {
         *status = 409;
         *type = "cancelled";
-        *message = "the job was cancelled";
+        *message = e ? e : "the job was cancelled";
     } else if (e && strncmp(e, prefix, sizeof(prefix) - 1) == 0) {
         *status = 400;
         *type = "invalid_request";
@@ -351,17 +339,9 @@ static int take_body(struct api_request *r, const char *data, size_t len)
         abort_body(r, 408, "request_timeout", msg);
         return 0;
     }
-    if (r->body_len + len + 1 > r->body_cap) {
-        size_t cap = r->body_cap ? r->body_cap : 4096;
-        while (cap < r->body_len + len + 1)
-            cap *= 2;
-        char *b = realloc(r->body, cap);
-        if (!b) {
-            abort_body(r, 500, "internal_error", "out of memory");
-            return 0;
-        }
-        r->body = b;
-        r->body_cap = cap;
+    if (grow_array((void **)&r->body, &r->body_cap, r->body_len + len + 1, 1) < 0) {
+        abort_body(r, 500, "internal_error", "out of memory");
+        return 0;
     }
     memcpy(r->body + r->body_len, data, len);
     r->body_len += len;
@@ -478,9 +458,6 @@ int server_start(struct server **out, const struct api_config *cfg, char *err, s
         return -1;
     }
     s->cfg = *cfg;
-    s->pool_cap = cfg->threads * 2 + 4;
-    if (s->pool_cap > SERVER_POOL_MAX)
-        s->pool_cap = SERVER_POOL_MAX;
     pthread_mutex_init(&s->pool_lock, NULL);
     pthread_cond_init(&s->pool_cond, NULL);
     pthread_mutex_init(&s->body_lock, NULL);
@@ -488,6 +465,14 @@ int server_start(struct server **out, const struct api_config *cfg, char *err, s
     if (metrics_create(&s->metrics) < 0) {
         snprintf(err, errlen, "out of memory");
         goto fail;
+    }
+    /* every handle now (connecting is lazy), so that taking one never fails */
+    char name[64];
+    snprintf(name, sizeof(name), "mr:api:%.48s", cfg->api_id);
+    int pool_n = cfg->threads * 2 + 4 < SERVER_POOL_MAX ? cfg->threads * 2 + 4 : SERVER_POOL_MAX;
+    for (; s->pool_free < pool_n; s->pool_free++) {
+        if (queue_create(&s->pool[s->pool_free], &cfg->redis, &cfg->queue, name, err, errlen) < 0)
+            goto fail;
     }
     if (status_start(&s->status, &cfg->redis, &cfg->queue, cfg->stats_refresh_ms, err, errlen) < 0)
         goto fail;
@@ -551,6 +536,8 @@ fail:
     waiters_stop(s->waiters);
     status_stop(s->status);
     metrics_destroy(s->metrics);
+    for (int i = 0; i < s->pool_free; i++)
+        queue_destroy(s->pool[i]);
     pthread_cond_destroy(&s->pool_cond);
     pthread_mutex_destroy(&s->pool_lock);
     pthread_mutex_destroy(&s->body_lock);

@@ -94,7 +94,8 @@ struct sse *server_sse(struct server *s);
 struct metrics *server_metrics(struct server *s);
 int server_stopping(const struct server *s);
 
-/* Borrow a Redis queue handle for the calling thread; give it back after. */
+/* Borrow a Redis queue handle for the calling thread (waits while every one
+ * is borrowed; never fails); give it back after. */
 struct queue *server_queue_take(struct server *s);
 void server_queue_give(struct server *s, struct queue *q);
 
@@ -107,11 +108,16 @@ struct api_header {
 int server_reply(struct api_request *r, int status, const char *json, size_t len,
                  const struct api_header *headers, size_t n);
 
+/* server_reply with another Content-Type than application/json. */
+int server_reply_typed(struct api_request *r, int status, const char *content_type,
+                       const char *body, size_t len, const struct api_header *headers, size_t n);
+
 /*
  * How a failed or cancelled job answers: a worker that says the request
  * itself cannot be served (its error starts with "invalid_request: ", e.g.
  * the prompt does not fit the model's context) gives 400 invalid_request
- * with the rest as the message; a cancelled job 409 cancelled; any other
+ * with the rest as the message; a cancelled job 409 cancelled (with the
+ * reason it recorded, e.g. "cancelled by request"); any other
  * failure 500 job_failed. *message is borrowed from info (or static).
  */
 void server_job_failure(const struct queue_job_info *info, int *status, const char **type,

@@ -25,6 +25,7 @@
 #include "api/server.h"
 #include "api/sse_hub.h"
 #include "common/clock.h"
+#include "common/grow.h"
 #include "common/log.h"
 
 #define SSE_BLOCK_MAX 16384 /* bytes libmicrohttpd asks the reader for at most */
@@ -61,15 +62,9 @@ void sse_hub_resumes_add(struct sse_hub_resumes *r, struct MHD_Connection *c)
 {
     if (!c)
         return;
-    if (r->n == r->cap) {
-        size_t cap = r->cap ? r->cap * 2 : 64;
-        struct MHD_Connection **v = realloc(r->v, cap * sizeof(*v));
-        if (!v) { /* resuming late is better than never: do it now, locked */
-            MHD_resume_connection(c);
-            return;
-        }
-        r->v = v;
-        r->cap = cap;
+    if (grow_array((void **)&r->v, &r->cap, r->n + 1, sizeof(*r->v)) < 0) {
+        MHD_resume_connection(c); /* no memory to defer it: resume now, locked */
+        return;
     }
     r->v[r->n++] = c;
 }

@@ -63,8 +63,6 @@ struct sse {
     int released; /* sse_release_all ran */
 };
 
-/* Wake the pump: at once if it waits on its condition, through the waker if
- * it is blocked in Redis. Locked. */
 /* Connections to resume once the lock is released. */
 struct sse_hub_resumes {
     struct MHD_Connection **v;

@@ -37,6 +37,14 @@ struct job_ref {
     struct sse_wire_id last;
 };
 
+/* Clients reading the same stream: reads[first, first + n), from `from`. */
+struct group {
+    size_t first, n;
+    struct sse_wire_id from; /* the earliest position among them */
+    char from_s[SSE_WIRE_ID_MAX];
+};
+
+/* The pump's work lists, kept from pass to pass. */
 struct pump_work {
     struct sse_client **reap;
     size_t n_reap, cap_reap;
@@ -45,6 +53,10 @@ struct pump_work {
     struct pollfd *fds;
     struct sse_client **polled;
     size_t n_poll, cap_poll;
+    struct group *groups; /* of reads, for one XREAD */
+    size_t cap_groups;
+    const char **argv; /* the XREAD */
+    size_t cap_argv;
     struct sse_hub_resumes resumes;
 };
 
@@ -136,17 +148,23 @@ static void poll_hangups(struct sse *h, struct pump_work *wk)
     sse_hub_resumes_run(&wk->resumes);
 }
 
-/* Append one delta to c, preceded by a reset event when a new attempt (a re-run
- * after a lost worker) starts over. Locked. Returns 0 or -1 (no memory). */
-static int append_delta_locked(struct sse_client *c, const struct sse_wire_id *id, long attempt,
+/* Append stream entry `eid` (eid_len bytes) to c as a delta, preceded by a
+ * reset event when a new attempt (a re-run after a lost worker) starts over,
+ * unless it is at or before c->last. Locked. Returns 1 when appended, 0 when
+ * skipped, -1 when out of memory. */
+static int append_entry_locked(struct sse_client *c, const char *eid, size_t eid_len, long attempt,
                                int sample, const char *text, size_t len)
 {
+    struct sse_wire_id id;
+    if (sse_wire_id_parse(eid, eid_len, &id) < 0 || sse_wire_id_cmp(&id, &c->last) <= 0)
+        return 0;
     if (c->attempt != 0 && attempt != c->attempt && sse_wire_reset(&c->out, attempt) < 0)
         return -1;
-    if (sse_wire_delta(&c->out, id, attempt, sample, text, len) < 0)
+    if (sse_wire_delta(&c->out, &id, attempt, sample, text, len) < 0)
         return -1;
     c->attempt = attempt;
-    return 0;
+    c->last = id;
+    return 1;
 }
 
 /* Append the entries after c->last to c (locked); returns how many. */
@@ -154,14 +172,11 @@ static size_t append_entries_locked(struct sse_client *c, const struct queue_str
 {
     size_t added = 0;
     for (int i = 0; i < n; i++) {
-        struct sse_wire_id id;
-        if (sse_wire_id_parse(e[i].event_id, strlen(e[i].event_id), &id) < 0 ||
-            sse_wire_id_cmp(&id, &c->last) <= 0)
-            continue;
-        if (append_delta_locked(c, &id, e[i].attempt, e[i].sample, e[i].text, e[i].len) < 0)
+        int rc = append_entry_locked(c, e[i].event_id, strlen(e[i].event_id), e[i].attempt,
+                                     e[i].sample, e[i].text, e[i].len);
+        if (rc < 0)
             break; /* no memory: read it again later */
-        c->last = id;
-        added++;
+        added += (size_t)rc;
     }
     return added;
 }
@@ -202,13 +217,6 @@ static void drain_finals(struct sse *h, struct pump_work *wk)
 
 /* ---- XREAD ---------------------------------------------------------------- */
 
-/* Clients reading the same stream: reads[first, first + n), from `from`. */
-struct group {
-    size_t first, n;
-    struct sse_wire_id from; /* the earliest position among them */
-    char from_s[SSE_WIRE_ID_MAX];
-};
-
 static int cmp_ref_key(const void *a, const void *b)
 {
     const struct job_ref *x = a, *y = b;
@@ -224,10 +232,6 @@ static size_t append_reply_locked(struct sse_client *c, const redisReply *entrie
         const redisReply *ent = entries->element[i];
         if (ent->type != REDIS_REPLY_ARRAY || ent->elements != 2 ||
             ent->element[0]->type != REDIS_REPLY_STRING)
-            continue;
-        struct sse_wire_id id;
-        if (sse_wire_id_parse(ent->element[0]->str, ent->element[0]->len, &id) < 0 ||
-            sse_wire_id_cmp(&id, &c->last) <= 0)
             continue;
         const redisReply *f = ent->element[1];
         int sample = 0;
@@ -247,10 +251,11 @@ static size_t append_reply_locked(struct sse_client *c, const redisReply *entrie
                 len = val->len;
             }
         }
-        if (append_delta_locked(c, &id, attempt, sample, text, len) < 0)
+        int rc = append_entry_locked(c, ent->element[0]->str, ent->element[0]->len, attempt, sample,
+                                     text, len);
+        if (rc < 0)
             break; /* no memory: read it again later */
-        c->last = id;
-        added++;
+        added += (size_t)rc;
     }
     return added;
 }
@@ -331,14 +336,13 @@ static void read_streams(struct sse *h, struct pump_work *wk, unsigned long *cid
         return;
     }
     qsort(wk->reads, nr, sizeof(*wk->reads), cmp_ref_key);
-    struct group *g = calloc(nr, sizeof(*g));
-    const char **argv = calloc(7 + 2 * nr, sizeof(*argv));
-    if (!g || !argv) {
-        free(g);
-        free(argv);
-        clock_sleep_ms(h->block_ms);
+    if (grow_array((void **)&wk->groups, &wk->cap_groups, nr, sizeof(*wk->groups)) < 0 ||
+        grow_array((void **)&wk->argv, &wk->cap_argv, 7 + 2 * nr, sizeof(*wk->argv)) < 0) {
+        clock_sleep_ms(h->block_ms); /* out of memory: try again later */
         return;
     }
+    struct group *g = wk->groups;
+    const char **argv = wk->argv;
     size_t ng = 0;
     for (size_t i = 0; i < nr; i++) {
         if (ng > 0 && strcmp(wk->reads[g[ng - 1].first].c->key, wk->reads[i].c->key) == 0) {
@@ -390,8 +394,6 @@ static void read_streams(struct sse *h, struct pump_work *wk, unsigned long *cid
         deliver(h, wk, g, ng, r);
         freeReplyObject(r);
     }
-    free(argv);
-    free(g);
 }
 
 void *sse_pump_main(void *arg)
@@ -426,6 +428,8 @@ void *sse_pump_main(void *arg)
     free(wk.reads);
     free(wk.fds);
     free(wk.polled);
+    free(wk.groups);
+    free(wk.argv);
     free(wk.resumes.v);
     return NULL;
 }

@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/grow.h"
+
 #define SSE_WIRE_KEEP_CAP 16384 /* an emptied buffer larger than this is freed */
 
 void sse_wire_consume(struct sse_wire_buf *b, size_t n)
@@ -47,15 +49,7 @@ static int reserve(struct sse_wire_buf *b, size_t n)
         if (b->len + n <= b->cap)
             return 0;
     }
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n)
-        cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p)
-        return SSE_WIRE_ENOMEM;
-    b->p = p;
-    b->cap = cap;
-    return 0;
+    return grow_array((void **)&b->p, &b->cap, b->len + n, 1) < 0 ? SSE_WIRE_ENOMEM : 0;
 }
 
 static void put(struct sse_wire_buf *b, const char *s, size_t n)
@@ -172,24 +166,20 @@ int sse_wire_reset(struct sse_wire_buf *b, long attempt)
 int sse_wire_delta(struct sse_wire_buf *b, const struct sse_wire_id *id, long attempt, int sample,
                    const char *text, size_t len)
 {
-    char head[128];
+    char head[128], tail[48];
     char eid[SSE_WIRE_ID_MAX];
     sse_wire_id_format(id, eid);
     int hn = snprintf(head, sizeof(head),
                       "id: %s\nevent: delta\ndata: {\"sample\":%d,\"text\":", eid, sample);
-    if (hn < 0 || (size_t)hn >= sizeof(head) || reserve(b, (size_t)hn + json_string_max(len) + 4))
+    /* a re-run carries its attempt; only then, so first runs keep the plain shape */
+    int tn = attempt > 1 ? snprintf(tail, sizeof(tail), ",\"attempt\":%ld}\n\n", attempt)
+                         : snprintf(tail, sizeof(tail), "}\n\n");
+    if (hn < 0 || (size_t)hn >= sizeof(head) || tn < 0 || (size_t)tn >= sizeof(tail) ||
+        reserve(b, (size_t)hn + json_string_max(len) + (size_t)tn) < 0)
         return SSE_WIRE_ENOMEM;
     put(b, head, (size_t)hn);
     put_json_string(b, text, len);
-    if (attempt > 1) { /* a re-run: only then, so first runs keep the plain shape */
-        char tail[48];
-        int tn = snprintf(tail, sizeof(tail), ",\"attempt\":%ld}\n\n", attempt);
-        if (tn < 0 || (size_t)tn >= sizeof(tail) || reserve(b, (size_t)tn))
-            return SSE_WIRE_ENOMEM;
-        put(b, tail, (size_t)tn);
-        return 0;
-    }
-    puts_(b, "}\n\n");
+    put(b, tail, (size_t)tn);
     return 0;
 }
 

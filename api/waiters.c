@@ -295,7 +295,7 @@ static int keep_awaited(struct waiters *ws, char ids[][QUEUE_ID_MAX + 1], int n)
 static void *drain_main(void *arg)
 {
     struct waiters *ws = arg;
-    static __thread char ids[WAITERS_DRAIN_MAX][QUEUE_ID_MAX + 1];
+    char ids[WAITERS_DRAIN_MAX][QUEUE_ID_MAX + 1];
     unsigned long gen = 0;
     while (!atomic_load(&ws->stopping)) {
         int n = 0;
@@ -437,7 +437,7 @@ void waiters_release_all(struct waiters *ws)
 {
     struct MHD_Connection *resume[64];
     size_t n;
-    do {
+    do { /* 64 connections at a time; a pass that resumes fewer saw them all */
         n = 0;
         pthread_mutex_lock(&ws->lock);
         ws->closed = 1;
@@ -451,24 +451,17 @@ void waiters_release_all(struct waiters *ws)
                 w = next;
             }
         }
-        long left = ws->count;
         pthread_mutex_unlock(&ws->lock);
         for (size_t i = 0; i < n; i++)
             MHD_resume_connection(resume[i]);
-        if (n == 0 && left == 0)
-            break;
-    } while (n > 0);
+    } while (n == 64);
 }
 
-static int open_queue(struct waiters *ws, const struct waiters_opts *o, const char *role,
-                      struct queue **out, char *err, size_t errlen)
+static int open_queue(const struct waiters_opts *o, const char *role, struct queue **out, char *err,
+                      size_t errlen)
 {
     char name[64];
     snprintf(name, sizeof(name), "mr:api-%s:%.40s", role, o->api_id);
-    for (char *p = name; *p; p++)
-        if (*p == ' ')
-            *p = '_';
-    (void)ws;
     return queue_create(out, o->redis, o->queue, name, err, errlen);
 }
 
@@ -487,8 +480,8 @@ int waiters_start(struct waiters **out, const struct waiters_opts *o, char *err,
     ws->tick_ms = o->tick_ms > 0 ? o->tick_ms : 100;
     ws->recheck_ms = o->recheck_ms > 0 ? o->recheck_ms : 2000;
     ws->metrics = o->metrics;
-    if (open_queue(ws, o, "inbox", &ws->drain_q, err, errlen) < 0 ||
-        open_queue(ws, o, "ticker", &ws->ticker_q, err, errlen) < 0)
+    if (open_queue(o, "inbox", &ws->drain_q, err, errlen) < 0 ||
+        open_queue(o, "ticker", &ws->ticker_q, err, errlen) < 0)
         goto fail;
     if (pthread_create(&ws->drain_thread, NULL, drain_main, ws) != 0)
         goto fail_thread;

@@ -80,7 +80,7 @@ struct waiters;
 struct waiters_opts {
     const struct redis_opts *redis;
     const struct queue_opts *queue;
-    const char *api_id;      /* this instance's inbox name; copied */
+    const char *api_id;      /* this instance's inbox name (no spaces); copied */
     int tick_ms;             /* how often deadlines and sockets are checked (100) */
     int recheck_ms;          /* a waiter older than this has its job re-read (2000) */
     struct metrics *metrics; /* borrowed; queue-wait, time-to-first-token and inter-token

@@ -97,15 +97,20 @@ int queue_create(struct queue **out, const struct redis_opts *ropts, const struc
         return QUEUE_EARG;
     }
     struct queue *q = calloc(1, sizeof(*q));
-    if (!q)
+    if (!q) {
+        snprintf(err, errlen, "out of memory");
         return QUEUE_ENOMEM;
+    }
     q->opts = *qopts;
     snprintf(q->prefix, sizeof(q->prefix), "%s", p);
     q->opts.prefix = q->prefix;
     int rc = redis_conn_create(&q->conn, ropts, conn_name);
     if (rc < 0) {
-        snprintf(err, errlen, "bad connection name '%s' (no spaces, under 64 characters)",
-                 conn_name);
+        if (rc == REDIS_CONN_EARG)
+            snprintf(err, errlen, "bad connection name '%s' (no spaces, under 64 characters)",
+                     conn_name);
+        else
+            snprintf(err, errlen, "out of memory");
         free(q);
         return rc == REDIS_CONN_EARG ? QUEUE_EARG : QUEUE_ENOMEM;
     }

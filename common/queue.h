@@ -78,8 +78,8 @@ struct queue;
 /*
  * Make a queue handle with its own connection, named `conn_name` (CLIENT
  * SETNAME; e.g. "mr:api:<id>"). Options are copied. Connecting is lazy.
- * Returns 0, QUEUE_EARG with a message in err (bad prefix or name), or
- * QUEUE_ENOMEM.
+ * Returns 0, or QUEUE_EARG (bad prefix or name) or QUEUE_ENOMEM, each with a
+ * message in err.
  */
 int queue_create(struct queue **out, const struct redis_opts *ropts, const struct queue_opts *qopts,
                  const char *conn_name, char *err, size_t errlen);
