@@ -5,10 +5,11 @@
  *   threads, for 4096x4096 and the projections of a dim-768 model. The
  *   weights of one measurement rotate through copies totalling >= 256 MiB,
  *   so they come from DRAM and not from the 32 MiB L3, as in a real step.
- *   model step: every matvec of a decode step of a dim-768, 12-layer,
- *   FFN-2048, vocab-32000 model (its own weights, ~110 M parameters), as
- *   tokens/s: what the forward pass can reach on this machine before
- *   attention and the element-wise ops.
+ *   model step: every matmul of a decode step of the bench-768 model
+ *   (dim 768, 12 layers, 4 KV heads, FFN 2048, vocab 32000; its own
+ *   weights, ~100 M parameters, from DRAM) for 1 sequence and for batches of
+ *   8 and 16, as tokens/s: what the forward pass can reach on this machine
+ *   before attention and the element-wise ops, and how batching scales it.
  *   matmul (prefill, 128 tokens): GFLOP/s.
  *   matmul by tokens per call (2 to 512, 2 threads): GFLOP/s, the few-token
  *   steps of continuous batching and the token blocks of long prefills; on
@@ -20,7 +21,7 @@
  * Each number is the best of several repetitions (other processes share
  * this machine). MILLRACE_CPU=scalar benchmarks the scalar path; --quick
  * runs only the pool, attention and model step, --tokens only the matmul
- * by tokens per call.
+ * by tokens per call, --step only the model step.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -149,44 +150,59 @@ static void bench_matvec(struct kc_pool *pools[2], struct kc_scratch *s)
     }
 }
 
-/* all the matvecs of one decode step of the dim-768 model */
+/* seconds for all the matmuls of one decode step of the dim-768 model over
+ * n_tokens tokens (sequences), weights w laid out layer by layer */
+static double time_model_step(struct kc_pool *p, struct kc_scratch *s, const unsigned char *w,
+                              int type, int n_tokens, const float *x, float *y)
+{
+    enum { LAYERS = 12, DIM = 768, KV = 256, FFN = 2048, VOCAB = 32000 };
+    const size_t sq = kc_type_row_size(type, DIM) * DIM, kv = kc_type_row_size(type, DIM) * KV;
+    const size_t up = kc_type_row_size(type, DIM) * FFN, down = kc_type_row_size(type, FFN) * DIM;
+    double best = 1e9;
+    for (int rep = 0; rep < 10; rep++) {
+        double t0 = now();
+        const unsigned char *q = w;
+        for (int l = 0; l < LAYERS; l++) {
+            kc_matmul(p, y, x, q, type, n_tokens, DIM, DIM, s);
+            kc_matmul(p, y, x, q += sq, type, n_tokens, DIM, KV, s);
+            kc_matmul(p, y, x, q += kv, type, n_tokens, DIM, KV, s);
+            kc_matmul(p, y, x, q += kv, type, n_tokens, DIM, DIM, s);
+            kc_matmul(p, y, x, q += sq, type, n_tokens, DIM, FFN, s);
+            kc_matmul(p, y, x, q += up, type, n_tokens, DIM, FFN, s);
+            kc_matmul(p, y, x, q += up, type, n_tokens, FFN, DIM, s);
+            q += down;
+        }
+        kc_matmul(p, y, x, q, type, n_tokens, DIM, VOCAB, s);
+        double sec = now() - t0;
+        best = sec < best ? sec : best;
+    }
+    return best;
+}
+
+/* every matmul of one decode step of the dim-768 model (the bench-768
+ * preset: 12 heads, 4 KV heads), for 1 sequence and for batches of 8 and 16 */
 static void bench_model_step(struct kc_pool *pools[2], struct kc_scratch *s)
 {
-    enum { LAYERS = 12, DIM = 768, FFN = 2048, VOCAB = 32000 };
-    printf("\ndecode step of a dim-768, 12-layer, FFN-2048, vocab-32000 model (matvecs only)\n");
-    printf("%-6s %10s %14s %14s\n", "type", "weights", "1 thr tok/s", "2 thr tok/s");
-    float *x = malloc(FFN * sizeof *x), *y = malloc(VOCAB * sizeof *y);
-    for (int i = 0; i < FFN; i++)
+    enum { LAYERS = 12, DIM = 768, KV = 256, FFN = 2048, VOCAB = 32000, MAXT = 16 };
+    printf("\ndecode step of the bench-768 model (dim 768, 12 layers, 4 KV heads, FFN 2048, "
+           "vocab 32000; matmuls only), tokens/s\n");
+    printf("%-6s %10s %12s %12s %12s %12s\n", "type", "weights", "1 seq 1 thr", "1 seq 2 thr",
+           "8 seqs 2 thr", "16 seqs 2 thr");
+    float *x = malloc((size_t)MAXT * FFN * sizeof *x),
+          *y = malloc((size_t)MAXT * VOCAB * sizeof *y);
+    for (int i = 0; i < MAXT * FFN; i++)
         x[i] = (float)(rnd() >> 8) / (1 << 24) - 0.5f;
     for (int t = 0; t < N_TYPES; t++) {
         const int type = types[t];
-        const size_t sq = kc_type_row_size(type, DIM) * DIM;
-        const size_t up = kc_type_row_size(type, DIM) * FFN;
-        const size_t down = kc_type_row_size(type, FFN) * DIM;
-        const size_t head = kc_type_row_size(type, DIM) * VOCAB;
-        const size_t layer = 4 * sq + 2 * up + down;
-        const size_t total = LAYERS * layer + head;
+        const size_t layer = kc_type_row_size(type, DIM) * (2 * DIM + 2 * KV + 2 * FFN) +
+                             kc_type_row_size(type, FFN) * DIM;
+        const size_t total = LAYERS * layer + kc_type_row_size(type, DIM) * VOCAB;
         unsigned char *w = alloc_weights(type, total);
         printf("%-6s %7.0f MB", kc_type_name(type), total / 1e6);
-        for (int th = 0; th < 2; th++) {
-            double best = 1e9;
-            for (int rep = 0; rep < 10; rep++) {
-                double t0 = now();
-                unsigned char *p = w;
-                for (int l = 0; l < LAYERS; l++) {
-                    for (int m = 0; m < 4; m++, p += sq)
-                        kc_matmul(pools[th], y, x, p, type, 1, DIM, DIM, s);
-                    for (int m = 0; m < 2; m++, p += up)
-                        kc_matmul(pools[th], y, x, p, type, 1, DIM, FFN, s);
-                    kc_matmul(pools[th], y, x, p, type, 1, FFN, DIM, s);
-                    p += down;
-                }
-                kc_matmul(pools[th], y, x, p, type, 1, DIM, VOCAB, s);
-                double sec = now() - t0;
-                best = sec < best ? sec : best;
-            }
-            printf(" %7.1f (%4.1f GB/s)", 1 / best, total / best / 1e9);
-        }
+        printf(" %12.1f", 1 / time_model_step(pools[0], s, w, type, 1, x, y));
+        static const int batch[] = {1, 8, MAXT};
+        for (int b = 0; b < 3; b++)
+            printf(" %12.1f", batch[b] / time_model_step(pools[1], s, w, type, batch[b], x, y));
         printf("\n");
         fflush(stdout);
         free(w);
@@ -392,6 +408,7 @@ int main(int argc, char **argv)
 {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     int tokens_only = argc > 1 && strcmp(argv[1], "--tokens") == 0;
+    int step_only = argc > 1 && strcmp(argv[1], "--step") == 0;
     struct kc_pool *pools[2];
     struct kc_scratch *s;
     if (kc_pool_create(&pools[0], 1) || kc_pool_create(&pools[1], 2) ||
@@ -403,12 +420,14 @@ int main(int argc, char **argv)
            sysconf(_SC_NPROCESSORS_ONLN));
     if (tokens_only) {
         bench_matmul_tokens(pools[1], s, 512);
+    } else if (step_only) {
+        bench_model_step(pools, s);
     } else {
         bench_pool();
         bench_attention();
         bench_model_step(pools, s);
     }
-    if (!quick && !tokens_only) {
+    if (!quick && !tokens_only && !step_only) {
         bench_matvec(pools, s);
         bench_matmul(pools, s);
         bench_matmul_tokens(pools[1], s, 512);
