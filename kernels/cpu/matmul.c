@@ -736,12 +736,22 @@ static void kc_rows_q8(const struct kc_mm *m, int lo, int hi, kc_q8_tokens_fn to
  * 940-990, 8 tokens 784-961 -> 1027-1055, 16 tokens 987-1008 -> 1060-1095.
  * One token streams as fast without it; with 2 it lost (445-759 ->
  * 462-630), and past KC_MM_STREAM_TOKENS (adjacent rows) it gained nothing.
+ *
+ * Row pairs. The scale table and the correction of a row and block serve
+ * every token of its tile, so 7 or 8 tokens go in one tile of 2 rows (16
+ * accumulators; the 4 rows of a tile in 2 passes, the second from L1)
+ * instead of 2 tiles of 4 rows x 4. The same model step, best of 6
+ * alternating runs: 8 tokens 1044 -> 1104 tok/s, 16 (2 tiles of 8) 1093 ->
+ * 1176, 12 (6 + 6) 1076 -> 1116 but 6 tokens 935 -> 874, so 6 stays as it
+ * was. This machine's noise is as large as these gains (one token, the
+ * same code both times: 433 and 362).
  */
 #define KC_VNNI_TARGET "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"
 #define KC_VNNI        __attribute__((target(KC_VNNI_TARGET)))
 #define KC_VNNI_INLINE __attribute__((target(KC_VNNI_TARGET), always_inline)) inline
 
-#define KC_VRN  5  /* most tokens per VNNI tile */
+#define KC_VRN  5  /* most tokens per VNNI tile of 4 rows (or 1) */
+#define KC_VRN2 8  /* most tokens per VNNI tile of 2 rows */
 #define KC_VSUB 16 /* blocks per table of scale products */
 
 /* How far ahead of the row it reads the first tile of tokens prefetches,
@@ -776,7 +786,8 @@ static KC_VNNI_INLINE __m256 kc_q8_scales8_vnni(const struct kc_block_q8_0 *blk,
     return _mm256_cvtph_ps(h);
 }
 
-/* kc_tile_q8 with VNNI, rn <= KC_VRN: the same sums in the same order;
+/* kc_tile_q8 with VNNI, rm = 4 or 1 with rn <= KC_VRN, or rm = 2 with rn <=
+ * KC_VRN2: the same sums in the same order;
  * pf: prefetch the weights KC_Q8_PREFETCH bytes ahead of each row */
 static KC_VNNI_INLINE void kc_tile_q8_vnni(int pf, int rm, int rn, const char *w, size_t ws,
                                            const int8_t *xq, int xs, const float *xd, int nb,
@@ -785,23 +796,23 @@ static KC_VNNI_INLINE void kc_tile_q8_vnni(int pf, int rm, int rn, const char *w
     const __m256i off = _mm256_set1_epi8((char)0x80);
     for (int c0 = b0; c0 < b1; c0 += KC_MM_KB) {
         const int c1 = c0 + KC_MM_KB < b1 ? c0 + KC_MM_KB : b1;
-        __m256 acc[KC_RM][KC_VRN];
+        __m256 acc[KC_RM][KC_VRN2];
 #pragma GCC unroll 4
         for (int r = 0; r < rm; r++)
-#pragma GCC unroll 5
+#pragma GCC unroll 8
             for (int t = 0; t < rn; t++)
                 acc[r][t] = _mm256_setzero_ps();
         for (int s0 = c0; s0 < c1; s0 += KC_VSUB) {
             const int n = s0 + KC_VSUB < c1 ? KC_VSUB : c1 - s0;
             /* dp[r][t][i] = d_w * d_x of block s0 + i (not for one token) */
-            float dp[KC_RM][KC_VRN][KC_VSUB] __attribute__((aligned(32)));
+            float dp[KC_RM][KC_VRN2][KC_VSUB] __attribute__((aligned(32)));
 #pragma GCC unroll 4
             for (int r = 0; r < rm && rn > 1; r++) {
                 const struct kc_block_q8_0 *blk = (const struct kc_block_q8_0 *)(w + r * ws) + s0;
                 for (int i = 0; i < n; i += 8) {
                     const __mmask8 k8 = n - i >= 8 ? 0xff : (__mmask8)((1u << (n - i)) - 1);
                     const __m256 dw = kc_q8_scales8_vnni(blk + i, n - i);
-#pragma GCC unroll 5
+#pragma GCC unroll 8
                     for (int t = 0; t < rn; t++) {
                         const __m256 dx = _mm256_maskz_loadu_ps(k8, xd + (size_t)t * nb + s0 + i);
                         _mm256_store_ps(&dp[r][t][i], _mm256_mul_ps(dw, dx));
@@ -810,8 +821,8 @@ static KC_VNNI_INLINE void kc_tile_q8_vnni(int pf, int rm, int rn, const char *w
             }
             for (int i = 0; i < n; i++) {
                 const int b = s0 + i;
-                __m256i xo[KC_VRN]; /* x + 128 */
-#pragma GCC unroll 5
+                __m256i xo[KC_VRN2]; /* x + 128 */
+#pragma GCC unroll 8
                 for (int t = 0; t < rn; t++)
                     xo[t] = _mm256_xor_si256(
                         _mm256_loadu_si256((const __m256i *)(xq + (size_t)t * xs + b * KC_QK8_0)),
@@ -826,7 +837,7 @@ static KC_VNNI_INLINE void kc_tile_q8_vnni(int pf, int rm, int rn, const char *w
                     const __m256i corr = kc_q8_corr_vnni(qw);
                     const __m256 dw =
                         rn == 1 ? _mm256_set1_ps(_cvtsh_ss(blk->d)) : _mm256_setzero_ps();
-#pragma GCC unroll 5
+#pragma GCC unroll 8
                     for (int t = 0; t < rn; t++) {
                         const __m256i p = _mm256_dpbusd_epi32(corr, xo[t], qw);
                         const __m256 d = rn == 1 ? _mm256_mul_ps(dw, _mm256_set1_ps(xd[b]))
@@ -836,7 +847,7 @@ static KC_VNNI_INLINE void kc_tile_q8_vnni(int pf, int rm, int rn, const char *w
                 }
             }
         }
-#pragma GCC unroll 5
+#pragma GCC unroll 8
         for (int t = 0; t < rn; t++) {
             __m256 a[KC_RM];
 #pragma GCC unroll 4
@@ -847,47 +858,72 @@ static KC_VNNI_INLINE void kc_tile_q8_vnni(int pf, int rm, int rn, const char *w
     }
 }
 
-/* rm rows x all the tokens of m, in ceil(n / KC_VRN) tiles of equal size */
-static KC_VNNI_INLINE void kc_tokens_q8_vnni_t(int rm, const struct kc_mm *m, const char *w,
-                                               size_t ws, float *y, int yr, int b0, int b1)
+/* rm rows x all the tokens of m over [b0, b1), in tiles of about equal size:
+ * ceil(n / KC_VRN) tiles of rm rows, or, for 4 rows, 2 passes of 2 rows
+ * over ceil(n / KC_VRN2) tiles (kc_q8_vnni_pairs says when) */
+static KC_VNNI_INLINE void kc_tokens_q8_vnni_t(int rm, int per_tile, const struct kc_mm *m,
+                                               const char *w, size_t ws, float *y, int yr, int b0,
+                                               int b1)
 {
     const int nb = m->n_in / KC_QK8_0, n = m->n_tokens;
-    const int n_tiles = (n + KC_VRN - 1) / KC_VRN;
+    const int n_tiles = (n + per_tile - 1) / per_tile;
     for (int i = 0, t = 0; t < n; i++) {
         const int rn = n / n_tiles + (i < n % n_tiles);
         const int8_t *xq = m->xq + (size_t)t * m->xs;
         const float *xd = m->xd + (size_t)t * nb;
         float *yt = y + (size_t)t * m->n_out;
         const int pf = t == 0 && n >= KC_Q8_PREFETCH_MIN && n <= KC_MM_STREAM_TOKENS;
+#define KC_TILE(RN) kc_tile_q8_vnni(pf, rm, RN, w, ws, xq, m->xs, xd, nb, yt, m->n_out, yr, b0, b1)
         switch (rn) {
+        case 8:
+            KC_TILE(8);
+            break;
+        case 7:
+            KC_TILE(7);
+            break;
+        case 6:
+            KC_TILE(6);
+            break;
         case 5:
-            kc_tile_q8_vnni(pf, rm, 5, w, ws, xq, m->xs, xd, nb, yt, m->n_out, yr, b0, b1);
+            KC_TILE(5);
             break;
         case 4:
-            kc_tile_q8_vnni(pf, rm, 4, w, ws, xq, m->xs, xd, nb, yt, m->n_out, yr, b0, b1);
+            KC_TILE(4);
             break;
         case 3:
-            kc_tile_q8_vnni(pf, rm, 3, w, ws, xq, m->xs, xd, nb, yt, m->n_out, yr, b0, b1);
+            KC_TILE(3);
             break;
         case 2:
-            kc_tile_q8_vnni(pf, rm, 2, w, ws, xq, m->xs, xd, nb, yt, m->n_out, yr, b0, b1);
+            KC_TILE(2);
             break;
         default:
-            kc_tile_q8_vnni(pf, rm, 1, w, ws, xq, m->xs, xd, nb, yt, m->n_out, yr, b0, b1);
+            KC_TILE(1);
             break;
         }
+#undef KC_TILE
         t += rn;
     }
+}
+
+/* Whether 4 rows x n tokens go as 2 passes of 2 rows x tiles of 7 or 8
+ * tokens (see the comment above) */
+static int kc_q8_vnni_pairs(int n)
+{
+    return n <= KC_MM_STREAM_TOKENS && n / ((n + KC_VRN2 - 1) / KC_VRN2) >= 7;
 }
 
 /* kc_tokens_q8_avx2 with VNNI */
 KC_VNNI static void kc_tokens_q8_vnni(int rm, const struct kc_mm *m, const char *w, size_t ws,
                                       float *y, int yr, int b0, int b1)
 {
-    if (rm == 4)
-        kc_tokens_q8_vnni_t(4, m, w, ws, y, yr, b0, b1);
-    else
-        kc_tokens_q8_vnni_t(1, m, w, ws, y, yr, b0, b1);
+    if (rm == 4 && kc_q8_vnni_pairs(m->n_tokens)) {
+        kc_tokens_q8_vnni_t(2, KC_VRN2, m, w, ws, y, yr, b0, b1);
+        kc_tokens_q8_vnni_t(2, KC_VRN2, m, w + 2 * ws, ws, y + 2 * (size_t)yr, yr, b0, b1);
+    } else if (rm == 4) {
+        kc_tokens_q8_vnni_t(4, KC_VRN, m, w, ws, y, yr, b0, b1);
+    } else {
+        kc_tokens_q8_vnni_t(1, KC_VRN, m, w, ws, y, yr, b0, b1);
+    }
 }
 #endif /* KC_X86 */
 
