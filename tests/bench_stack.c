@@ -3,10 +3,18 @@
  * (HTTP -> Redis -> millrace-worker serve -> Redis -> HTTP) with 1, 4, 8 and
  * 16 concurrent clients, on the CPU benchmark model (dim 768, 12 layers) in
  * F32 and Q8_0. Each client sends /generate requests for 64 greedy tokens,
- * one after the other; the figure is all generated tokens over the wall time.
+ * one after the other; a figure is all generated tokens over the wall time.
  * The reference server with 8 parallel slots reaches 272-311 tok/s (F32) and
  * 384-442 (Q8_0) for 8 clients x 64 tokens on this class of machine; 8
  * clients should get at least 3x the aggregate of one.
+ *
+ * One measurement lasts about a second, and on a shared machine the speed
+ * of memory moves for longer than that (one client, bound by memory
+ * bandwidth, gave anything from 198 to 325 tok/s on the same build). So the
+ * client counts are measured in SWEEPS interleaved sweeps (1, 4, 8, 16, 1,
+ * 4, ...); each count's figure is the median of its sweeps, and "vs 1" is
+ * the ratio of the medians, followed by the range of the ratios that each
+ * sweep gives on its own.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -23,6 +31,7 @@
 #include "tests/support/redis_server.h"
 
 #define ROUNDS 3
+#define SWEEPS 5
 
 static const char *prompts[] = {
     "Once upon a time there was a little girl who lived in a village near the forest.",
@@ -82,12 +91,30 @@ static int make_model(const char *type, char *path, size_t cap)
     return system(cmd) == 0 ? 0 : -1;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(const double *v)
+{
+    double s[SWEEPS];
+    memcpy(s, v, sizeof(s));
+    qsort(s, SWEEPS, sizeof(double), cmp_double);
+    return s[SWEEPS / 2];
+}
+
 int main(void)
 {
     static const char *types[] = {"f32", "q8_0"};
-    static const int clients[] = {1, 4, 8, 16};
+    enum { N_COUNTS = 4 };
+    static const int clients[N_COUNTS] = {1, 4, 8, 16};
     http_global_init();
-    printf("whole stack, bench-768 model, 64 greedy tokens per request, %d rounds\n", ROUNDS);
+    printf("whole stack, bench-768 model, 64 greedy tokens per request, %d rounds per "
+           "measurement,\nmedian of %d interleaved sweeps (vs 1: ratio of medians, then the range "
+           "of the sweeps' own ratios)\n",
+           ROUNDS, SWEEPS);
     printf("  %-5s %8s %14s %10s\n", "type", "clients", "tokens/s", "vs 1");
     for (size_t t = 0; t < 2; t++) {
         char model[128];
@@ -123,17 +150,25 @@ int main(void)
         }
         snprintf(url, sizeof(url), "http://127.0.0.1:%d/generate", port);
         measure(url, 1); /* warm up: the weights paged in */
-        double one = 0;
-        for (size_t c = 0; c < sizeof(clients) / sizeof(clients[0]); c++) {
-            double r = measure(url, clients[c]);
-            if (clients[c] == 1)
-                one = r;
-            printf("  %-5s %8d %14.1f %9.2fx%s\n", types[t], clients[c], r, one > 0 ? r / one : 0,
+        double rate[N_COUNTS][SWEEPS];
+        for (int k = 0; k < SWEEPS; k++)
+            for (int c = 0; c < N_COUNTS; c++)
+                rate[c][k] = measure(url, clients[c]);
+        const double one = median(rate[0]);
+        for (int c = 0; c < N_COUNTS; c++) {
+            double lo = 1e9, hi = 0;
+            for (int k = 0; k < SWEEPS; k++) {
+                double x = rate[c][k] / rate[0][k];
+                lo = x < lo ? x : lo;
+                hi = x > hi ? x : hi;
+            }
+            printf("  %-5s %8d %14.1f %9.2fx  (%.2f-%.2fx)%s\n", types[t], clients[c],
+                   median(rate[c]), median(rate[c]) / one, lo, hi,
                    clients[c] == 8
                        ? (t == 0 ? "   (reference: 272-311)" : "   (reference: 384-442)")
                        : "");
-            fflush(stdout);
         }
+        fflush(stdout);
         proc_stop(&worker, SIGTERM, 20000);
         proc_stop(&api, SIGTERM, 10000);
         test_redis_destroy(&redis);
