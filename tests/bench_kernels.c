@@ -186,19 +186,36 @@ static void bench_model_step(struct kc_pool *pools[2], struct kc_scratch *s)
     enum { LAYERS = 12, DIM = 768, KV = 256, FFN = 2048, VOCAB = 32000, MAXT = 16 };
     printf("\ndecode step of the bench-768 model (dim 768, 12 layers, 4 KV heads, FFN 2048, "
            "vocab 32000; matmuls only), tokens/s\n");
-    printf("%-6s %10s %12s %12s %12s %12s\n", "type", "weights", "1 seq 1 thr", "1 seq 2 thr",
+    printf("%-7s %9s %12s %12s %12s %12s\n", "type", "weights", "1 seq 1 thr", "1 seq 2 thr",
            "8 seqs 2 thr", "16 seqs 2 thr");
     float *x = malloc((size_t)MAXT * FFN * sizeof *x),
           *y = malloc((size_t)MAXT * VOCAB * sizeof *y);
     for (int i = 0; i < MAXT * FFN; i++)
         x[i] = (float)(rnd() >> 8) / (1 << 24) - 0.5f;
-    for (int t = 0; t < N_TYPES; t++) {
-        const int type = types[t];
-        const size_t layer = kc_type_row_size(type, DIM) * (2 * DIM + 2 * KV + 2 * FFN) +
-                             kc_type_row_size(type, FFN) * DIM;
-        const size_t total = LAYERS * layer + kc_type_row_size(type, DIM) * VOCAB;
-        unsigned char *w = alloc_weights(type, total);
-        printf("%-6s %7.0f MB", kc_type_name(type), total / 1e6);
+    for (int t = 0; t <= N_TYPES; t++) {
+        /* last: Q8_0 repacked as the CPU backend does on this CPU (FFN 2048
+         * fits as well, so every matrix is Q8_0_R8) */
+        const int type = t < N_TYPES ? types[t] : KC_TYPE_Q8_0_R8;
+        if (type == KC_TYPE_Q8_0_R8 && !kc_q8_0_r8_fits(DIM))
+            break;
+        const int wtype = type == KC_TYPE_Q8_0_R8 ? KC_TYPE_Q8_0 : type;
+        const size_t layer = kc_type_row_size(wtype, DIM) * (2 * DIM + 2 * KV + 2 * FFN) +
+                             kc_type_row_size(wtype, FFN) * DIM;
+        const size_t total = LAYERS * layer + kc_type_row_size(wtype, DIM) * VOCAB;
+        unsigned char *w = alloc_weights(wtype, total);
+        if (type == KC_TYPE_Q8_0_R8) {
+            unsigned char *q = alloc_weights(wtype, total);
+            static const int shape[8][2] = {{DIM, DIM}, {DIM, KV},  {DIM, KV},  {DIM, DIM},
+                                            {DIM, FFN}, {DIM, FFN}, {FFN, DIM}, {DIM, VOCAB}};
+            size_t off = 0;
+            for (int i = 0; i < 7 * LAYERS + 1; i++) { /* the layers' 7, then the LM head */
+                const int *sh = shape[i < 7 * LAYERS ? i % 7 : 7];
+                kc_pack_q8_0_r8(w + off, q + off, sh[0], sh[1]);
+                off += kc_type_row_size(wtype, sh[0]) * sh[1];
+            }
+            free(q);
+        }
+        printf("%-7s %6.0f MB", kc_type_name(type), total / 1e6);
         printf(" %12.1f", 1 / time_model_step(pools[0], s, w, type, 1, x, y));
         static const int batch[] = {1, 8, MAXT};
         for (int b = 0; b < 3; b++)

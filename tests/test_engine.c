@@ -22,6 +22,7 @@
 #include "kernels/cpu/dtype.h"
 #include "tests/support/fixture.h"
 #include "worker/engine.h"
+#include "kernels/cpu/cpu.h"
 #include "worker/make_model.h"
 #include "worker/model.h"
 
@@ -52,6 +53,7 @@ static int group_setup(void **state)
     make("tiny", KC_TYPE_BF16, "tiny-bf16", 1);
     make("tiny", KC_TYPE_Q8_0, "tiny-q8_0", 1);
     make("tiny-swa", KC_TYPE_F32, "tiny-swa", 1);
+    make("small", KC_TYPE_Q8_0, "small-q8_0", 1); /* dim 256: Q8_0_R8 where there is VNNI */
     return 0;
 }
 
@@ -150,7 +152,8 @@ static void test_batch_chunks_and_steps_give_the_same_logits(void **state)
 {
     (void)state;
     enum { N = 40 };
-    static const char *const names[] = {"tiny-f32", "tiny-f16", "tiny-bf16", "tiny-q8_0"};
+    static const char *const names[] = {"tiny-f32", "tiny-f16", "tiny-bf16", "tiny-q8_0",
+                                        "small-q8_0"};
     int tokens[N];
     test_tokens(tokens, N, 0);
     for (size_t m = 0; m < sizeof(names) / sizeof(names[0]); m++) {
@@ -179,6 +182,76 @@ static void test_batch_chunks_and_steps_give_the_same_logits(void **state)
         engine_destroy(whole);
         engine_destroy(chunks);
     }
+}
+
+/*
+ * On a CPU with AVX512VNNI the backend repacks the small model's Q8_0
+ * projections (rows of 256 values) into Q8_0_R8, whose sums run in another
+ * order: each matmul moves in the last bit (tests/test_kernels.c bounds
+ * them), but every projection quantizes its input again, and where a value
+ * sits on a rounding boundary one int8 moves by one step (about 1% of the
+ * block's largest value) and carries on. The logits must stay as close as
+ * such a step allows (within 5% of the largest logit; here about 1.3%),
+ * pick the same top token wherever the top two are 0.1 apart, and differ
+ * somewhere (or the repacked kernel did not run).
+ */
+static void test_q8_0_repacked_weights_give_the_same_logits_within_rounding(void **state)
+{
+    (void)state;
+    if (!kc_cpu_supports(KC_ISA_AVX512VNNI)) {
+        print_message("    skipped: no AVX512VNNI here, so nothing is repacked\n");
+        skip();
+    }
+    enum { N = 24 };
+    int tokens[N];
+    test_tokens(tokens, N, 3);
+    char err[512];
+    float *l[2] = {NULL, NULL};
+    int vocab = 0;
+    static const enum kc_isa isas[2] = {KC_ISA_AVX2, KC_ISA_AVX512VNNI};
+    const enum kc_isa was = kc_cpu_isa();
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(kc_cpu_set_isa(isas[k]), 0);
+        struct engine *e = open_engine("small-q8_0", 64);
+        vocab = e->model->cfg.vocab_size;
+        l[k] = malloc((size_t)N * vocab * sizeof(float));
+        assert_non_null(l[k]);
+        assert_int_equal(engine_run(e, tokens, N, 0, l[k], err, sizeof(err)), 0);
+        engine_destroy(e);
+    }
+    assert_int_equal(kc_cpu_set_isa(was), 0);
+    double worst = 0, peak = 0;
+    int clear = 0;
+    for (int t = 0; t < N; t++) {
+        const float *a = l[0] + (size_t)t * vocab, *b = l[1] + (size_t)t * vocab;
+        int top = 0, second = -1;
+        for (int v = 0; v < vocab; v++) {
+            double d = fabs((double)a[v] - b[v]);
+            worst = d > worst ? d : worst;
+            peak = fabs(a[v]) > peak ? fabs(a[v]) : peak;
+            if (a[v] > a[top]) {
+                second = top;
+                top = v;
+            } else if (v != top && (second < 0 || a[v] > a[second])) {
+                second = v;
+            }
+        }
+        if (a[top] - a[second] > 0.1f) {
+            clear++;
+            int top_b = 0;
+            for (int v = 1; v < vocab; v++)
+                top_b = b[v] > b[top_b] ? v : top_b;
+            assert_int_equal(top_b, top);
+        }
+    }
+    print_message("    largest logit difference %.3g (largest logit %.3g); the same top token "
+                  "at %d clear rows of %d\n",
+                  worst, peak, clear, N);
+    assert_true(worst > 0);
+    assert_true(worst <= 0.05 * peak);
+    assert_true(clear > N / 2);
+    free(l[0]);
+    free(l[1]);
 }
 
 /*
@@ -463,6 +536,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_make_model_is_deterministic),
+        cmocka_unit_test(test_q8_0_repacked_weights_give_the_same_logits_within_rounding),
         cmocka_unit_test(test_every_weight_type_loads_and_generates),
         cmocka_unit_test(test_batch_chunks_and_steps_give_the_same_logits),
         cmocka_unit_test(test_interleaved_sequences_give_the_logits_of_each_alone),

@@ -525,10 +525,36 @@ static size_t row_bytes(int type, int n_in)
     return kc_type_row_size(type, n_in);
 }
 
+/* Q8_0 rows from Q8_0_R8 ones, read as matmul.h describes the layout (the
+ * test's own reading of it, not kc_pack_q8_0_r8 run backwards) */
+static void *unpack_r8(const void *w, int n_in, int n_out)
+{
+    const size_t rb = row_bytes(KC_TYPE_Q8_0, n_in);
+    unsigned char *q = xmalloc(rb * n_out);
+    for (int o = 0; o < n_out; o++)
+        for (int b = 0; b < n_in / 32; b++) {
+            const unsigned char *g = (const unsigned char *)w + rb * o + (size_t)(b / 8) * 272;
+            struct kc_block_q8_0 blk;
+            memcpy(&blk.d, g + 2 * (b % 8), 2);
+            for (int i = 0; i < 32; i++)
+                blk.qs[i] = (int8_t)(g[16 + (i / 4) * 32 + (b % 8) * 4 + i % 4] - 128);
+            memcpy(q + rb * o + (size_t)b * sizeof blk, &blk, sizeof blk);
+        }
+    return q;
+}
+
 /* random weights of `type`: values in [-1, 1] (Q8_0: scales ~1e-2, q in
- * [-128, 127], -128 included on purpose: the sign trick must handle it) */
+ * [-128, 127], -128 included on purpose: the sign trick must handle it;
+ * Q8_0_R8: such Q8_0 weights repacked) */
 static void *make_weights(int type, int n_in, int n_out)
 {
+    if (type == KC_TYPE_Q8_0_R8) {
+        void *q = make_weights(KC_TYPE_Q8_0, n_in, n_out);
+        void *r = xmalloc(row_bytes(type, n_in) * n_out + 2);
+        kc_pack_q8_0_r8(r, q, n_in, n_out);
+        free(q);
+        return r;
+    }
     size_t rb = row_bytes(type, n_in);
     unsigned char *w = xmalloc(rb * n_out + 2);
     for (int o = 0; o < n_out; o++) {
@@ -576,6 +602,12 @@ static double weight_at(int type, const unsigned char *row, int i)
 static double check_matmul_result(int type, const float *y, const float *x, const void *w,
                                   int n_tokens, int n_in, int n_out)
 {
+    if (type == KC_TYPE_Q8_0_R8) { /* the same sum, in another order */
+        void *q = unpack_r8(w, n_in, n_out);
+        double e = check_matmul_result(KC_TYPE_Q8_0, y, x, q, n_tokens, n_in, n_out);
+        free(q);
+        return e;
+    }
     const size_t rb = row_bytes(type, n_in);
     const int nb = n_in / 32;
     double worst = 0;
@@ -637,11 +669,13 @@ struct mm_shape {
  * each covered, plus n_in % 8 != 0 tails (F types) and n_in past the prefill
  * chunk (several chunks, the last one short) */
 static const struct mm_shape mm_shapes[] = {
-    {64, 1, 1},    {64, 2048, 7},   {96, 3, 2},      {96, 172, 64},  {768, 172, 7},  {768, 2048, 1},
-    {768, 3, 64},  {4096, 2048, 1}, {4096, 172, 64}, {4096, 1, 2},   {4096, 3, 7},   {8224, 5, 64},
-    {172, 172, 7}, {100, 3, 64},    {2052, 9, 64},   {172, 2048, 1}, {4100, 6, 128},
+    {64, 1, 1},     {64, 2048, 7},  {96, 3, 2},      {96, 172, 64},   {768, 172, 7},
+    {768, 2048, 1}, {768, 3, 64},   {4096, 2048, 1}, {4096, 172, 64}, {4096, 1, 2},
+    {4096, 3, 7},   {8224, 5, 64},  {172, 172, 7},   {100, 3, 64},    {2052, 9, 64},
+    {172, 2048, 1}, {4100, 6, 128}, {4352, 7, 17},   {256, 5, 8},
 };
-static const int mm_types[] = {KC_TYPE_F32, KC_TYPE_F16, KC_TYPE_BF16, KC_TYPE_Q8_0};
+static const int mm_types[] = {KC_TYPE_F32, KC_TYPE_F16, KC_TYPE_BF16, KC_TYPE_Q8_0,
+                               KC_TYPE_Q8_0_R8};
 
 static void test_matmul_matches_double_reference(void **state)
 {
@@ -656,7 +690,7 @@ static void test_matmul_matches_double_reference(void **state)
         double worst[N_ISAS] = {0};
         for (size_t si = 0; si < sizeof mm_shapes / sizeof *mm_shapes; si++) {
             const struct mm_shape sh = mm_shapes[si];
-            if (type == KC_TYPE_Q8_0 && sh.n_in % 32)
+            if (row_bytes(type, sh.n_in) == 0)
                 continue;
             void *w = make_weights(type, sh.n_in, sh.n_out);
             float *x = xmalloc((size_t)sh.n_tokens * sh.n_in * sizeof *x);
@@ -739,9 +773,9 @@ static void test_matmul_rows_do_not_depend_on_the_batch(void **state)
 {
     (void)state;
     static const struct mm_shape shapes[] = {
-        {4132, 43, 0}, {4128, 10, 0}, {100, 9, 0}, {768, 64, 0}};
+        {4132, 43, 0}, {4128, 10, 0}, {100, 9, 0}, {768, 64, 0}, {4352, 11, 0}};
     static const int counts[] = {1, 2, 3, 7, 16, 17, 64, 128, 129, 257};
-    enum { NROWS = 131, MAXT = 257, MAXIN = 4132 }; /* 131: prime, rows distinct up to 131 */
+    enum { NROWS = 131, MAXT = 257, MAXIN = 4352 }; /* 131: prime, rows distinct up to 131 */
     struct kc_pool *pool;
     struct kc_scratch *s;
     assert_int_equal(kc_pool_create(&pool, 3), 0);
@@ -755,7 +789,7 @@ static void test_matmul_rows_do_not_depend_on_the_batch(void **state)
         for (size_t ti = 0; ti < sizeof mm_types / sizeof *mm_types; ti++) {
             for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
                 const int type = mm_types[ti], n_in = shapes[si].n_in, n_out = shapes[si].n_out;
-                if (type == KC_TYPE_Q8_0 && n_in % 32)
+                if (row_bytes(type, n_in) == 0)
                     continue;
                 void *w = make_weights(type, n_in, n_out);
                 float *alone = xmalloc((size_t)NROWS * n_out * sizeof *alone);
@@ -874,6 +908,60 @@ static void test_matmul_q8_0_vnni_equals_avx2_bitwise(void **state)
         free(ya);
         free(yv);
     }
+    kc_scratch_destroy(s);
+    kc_pool_destroy(pool);
+}
+
+/*
+ * Q8_0_R8 has one reduction order, the scalar reference's (kc_dot_r8), and
+ * the AVX512VNNI kernel must give its bits: every token count up to 17 and
+ * some larger (tiles of 1 to 4, token blocks), n_in of 1 group, of 3, and of
+ * 17 over two chunks, n_out % 4 != 0, on 2 threads; the AVX2 path runs the
+ * scalar code and is checked with it.
+ */
+static void test_matmul_q8_0_r8_paths_equal_bitwise(void **state)
+{
+    (void)state;
+    enum { MAXT = 130, MAXIN = 4352 };
+    static const int ins[] = {256, 768, 4352}, outs[] = {1, 7, 172};
+    static const int counts[] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10,
+                                 11, 12, 13, 14, 15, 16, 17, 33, 64, 130};
+    struct kc_pool *pool;
+    struct kc_scratch *s;
+    assert_int_equal(kc_pool_create(&pool, 2), 0);
+    assert_int_equal(kc_scratch_create(&s, MAXT, MAXIN), 0);
+    rng_seed(29);
+    int compared = 0;
+    for (int ii = 0; ii < 3; ii++)
+        for (size_t ci = 0; ci < sizeof counts / sizeof *counts; ci++) {
+            const int n_in = ins[ii], n_out = outs[(ci + ii) % 3], nt = counts[ci];
+            void *w = make_weights(KC_TYPE_Q8_0_R8, n_in, n_out);
+            const size_t ny = (size_t)nt * n_out;
+            float *x = xmalloc((size_t)nt * n_in * sizeof *x);
+            float *ys = xmalloc(ny * sizeof *ys), *yk = xmalloc(ny * sizeof *yk);
+            for (int t = 0; t < nt; t++)
+                fill_test_row(x + (size_t)t * n_in, n_in, (t + ii) % 4);
+            assert_int_equal(kc_cpu_set_isa(KC_ISA_SCALAR), 0);
+            memset(ys, 0xff, ny * sizeof *ys);
+            kc_matmul(pool, ys, x, w, KC_TYPE_Q8_0_R8, nt, n_in, n_out, s);
+            for (int k = 1; k < N_ISAS; k++) {
+                if (kc_cpu_set_isa(all_isas[k]) != 0)
+                    continue;
+                memset(yk, 0xff, ny * sizeof *yk);
+                kc_matmul(pool, yk, x, w, KC_TYPE_Q8_0_R8, nt, n_in, n_out, s);
+                for (size_t i = 0; i < ny; i++)
+                    if (f32_bits(ys[i]) != f32_bits(yk[i]))
+                        fail_msg("n_in=%d n_out=%d n_tokens=%d: y[%zu] scalar %a, %s %a", n_in,
+                                 n_out, nt, i, ys[i], kc_cpu_isa_name(all_isas[k]), yk[i]);
+                compared += all_isas[k] == KC_ISA_AVX512VNNI;
+            }
+            free(w);
+            free(x);
+            free(ys);
+            free(yk);
+        }
+    if (!compared)
+        print_message("    avx512vnni not supported by this CPU: only avx2 compared\n");
     kc_scratch_destroy(s);
     kc_pool_destroy(pool);
 }
@@ -1327,6 +1415,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_matmul_rows_do_not_depend_on_the_batch),
         cmocka_unit_test(test_matmul_prepared_reuses_converted_x),
         cmocka_unit_test(test_matmul_q8_0_vnni_equals_avx2_bitwise),
+        cmocka_unit_test(test_matmul_q8_0_r8_paths_equal_bitwise),
         cmocka_unit_test(test_rmsnorm_matches_reference),
         cmocka_unit_test(test_rope_table_and_rotation),
         cmocka_unit_test(test_exp_polynomial_within_2_ulp),

@@ -35,6 +35,8 @@ const char *kc_type_name(int type)
         return "q8_0";
     case KC_TYPE_BF16:
         return "bf16";
+    case KC_TYPE_Q8_0_R8:
+        return "q8_0_r8";
     }
     return "?";
 }
@@ -51,6 +53,8 @@ size_t kc_type_row_size(int type, int64_t n)
         return (size_t)n * 2;
     case KC_TYPE_Q8_0:
         return n % KC_QK8_0 ? 0 : (size_t)(n / KC_QK8_0) * sizeof(struct kc_block_q8_0);
+    case KC_TYPE_Q8_0_R8:
+        return n % (8 * KC_QK8_0) ? 0 : (size_t)(n / KC_QK8_0) * sizeof(struct kc_block_q8_0);
     }
     return 0;
 }

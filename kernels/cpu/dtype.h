@@ -26,6 +26,9 @@ enum kc_type {
     KC_TYPE_F16 = 1,
     KC_TYPE_Q8_0 = 8,
     KC_TYPE_BF16 = 30,
+    /* not a GGUF type: Q8_0 rows repacked for the matmul kernels
+     * (kc_pack_q8_0_r8 in matmul.h), the same bytes per row */
+    KC_TYPE_Q8_0_R8 = 0x10008,
 };
 
 #define KC_QK8_0 32 /* values per Q8_0 block */
@@ -37,14 +40,15 @@ struct kc_block_q8_0 {
 };
 _Static_assert(sizeof(struct kc_block_q8_0) == 34, "Q8_0 block is 34 bytes in GGUF");
 
-/* Whether `type` is one of the types above. */
+/* Whether `type` is one of the GGUF types above. */
 int kc_type_supported(int type);
 
-/* "f32", "f16", "q8_0", "bf16", or "?" */
+/* "f32", "f16", "q8_0", "bf16", "q8_0_r8", or "?" */
 const char *kc_type_name(int type);
 
 /* Bytes of a row of n values of `type`; 0 when the type is unsupported or n
- * is not a whole number of blocks (Q8_0 needs n % 32 == 0) or n < 0. */
+ * is not a whole number of blocks (Q8_0 needs n % 32 == 0, Q8_0_R8 n % 256
+ * == 0) or n < 0. */
 size_t kc_type_row_size(int type, int64_t n);
 
 /* Scalar conversions, exact (see above). */

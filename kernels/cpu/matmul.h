@@ -43,15 +43,34 @@ void kc_scratch_destroy(struct kc_scratch *s); /* NULL is a no-op */
 
 /*
  * y (n_tokens, n_out) = x (n_tokens, n_in) times W^T, W (n_out, n_in) of
- * type wtype (KC_TYPE_F32/F16/BF16/Q8_0; Q8_0 needs n_in % 32 == 0). All
- * pointers borrowed; y must not overlap x or w; w needs no alignment beyond
- * its type's (2 bytes for F16/BF16/Q8_0, 4 for F32). Runs on the pool's
+ * type wtype (KC_TYPE_F32/F16/BF16/Q8_0/Q8_0_R8; Q8_0 needs n_in % 32 ==
+ * 0, Q8_0_R8 n_in % 256 == 0). All pointers borrowed; y must not overlap x
+ * or w; w needs no alignment beyond its type's (2 bytes for F16/BF16/Q8_0/
+ * Q8_0_R8, 4 for F32). Runs on the pool's
  * threads (p may be NULL: one thread) and uses s for the converted x, so the
  * scratch must be at least n_tokens x n_in. Not thread-safe per scratch/pool.
  * Bad sizes or types are programmer errors (assert).
  */
 void kc_matmul(struct kc_pool *p, float *y, const float *x, const void *w, int wtype, int n_tokens,
                int n_in, int n_out, struct kc_scratch *s);
+
+/*
+ * Q8_0_R8: Q8_0 rows repacked for the VNNI kernel (it reads them about twice
+ * as fast with few tokens; matmul.c has the numbers). Each row is n_in / 256
+ * groups of 8 blocks, 272 bytes each, as many bytes as the 8 blocks: their 8
+ * fp16 scales, then the 8 blocks' values in 8 columns of 4 (values 4k..4k+3
+ * of blocks 0..7, then 4k+4.., ...) plus 128, as unsigned bytes. A row's
+ * results follow a reduction order of their own, different in the last bits
+ * from Q8_0's (each path reads it with the same order: the scalar reference
+ * and the AVX512VNNI kernel give the same bits; AVX2 runs the scalar code).
+ *
+ * kc_q8_0_r8_fits: whether a Q8_0 matrix of rows of n_in values can be
+ * repacked (n_in % 256 == 0) and is worth it (kc_cpu_isa() is AVX512VNNI).
+ * kc_pack_q8_0_r8: dst (n_out rows of kc_type_row_size(KC_TYPE_Q8_0_R8,
+ * n_in) bytes) = src (n_out Q8_0 rows) repacked; dst must not overlap src.
+ */
+int kc_q8_0_r8_fits(int n_in);
+void kc_pack_q8_0_r8(void *dst, const void *src, int n_in, int n_out);
 
 /*
  * The two halves of kc_matmul, for several weights that multiply the same x
