@@ -15,9 +15,9 @@
  *   The exception: on a CPU with AVX512VNNI, Q8_0 projections whose rows
  *   are whole groups of 8 blocks are repacked once, at creation, into
  *   Q8_0_R8 (matmul.h), which that kernel reads about twice as fast with a
- *   few tokens per step; they then take memory of their own, as many bytes
- *   as in the file (nearly all of a Q8_0 model's), and those pages of the
- *   file are no longer read.
+ *   few tokens per step; the repacked copy is memory of the process's own
+ *   (as many bytes as the rows in the file), and the file's pages of those
+ *   rows are let go.
  * - The KV cache is fp16, like the reference implementation's default, in
  *   one pool allocated at creation: (layers, blocks, block_size, kv_dim) for
  *   K and again for V.
@@ -31,6 +31,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,8 +135,20 @@ static void pack_thread(void *ctx, int i, int n)
         kc_pack_q8_0_r8((char *)j->dst + rb * lo, (const char *)j->src + rb * lo, j->n_in, hi - lo);
 }
 
+/* Let go of the whole pages of a range of the file's read-only mapping that
+ * nothing reads any more: out of this process's memory, and read again from
+ * the file should anything touch them. */
+static void drop_pages(const void *p, size_t n)
+{
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + page - 1) / page * page, hi = ((uintptr_t)p + n) / page * page;
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 /* The projections the kernels read: the model's, with every Q8_0 one that
- * kc_q8_0_r8_fits repacked into c->packed. */
+ * kc_q8_0_r8_fits repacked into c->packed (and its pages of the file let
+ * go). */
 static int pack_weights(struct cpu_backend *c)
 {
     const struct model *m = c->m;
@@ -177,6 +190,8 @@ static int pack_weights(struct cpu_backend *c)
                     continue;
                 struct pack_job job = {dst, x->data, x->n_in, x->n_out};
                 kc_pool_run(c->pool, pack_thread, &job);
+                if (m->file && x->data != m->tok_embd.data) /* the embedding still reads it */
+                    drop_pages(x->data, kc_type_row_size(KC_TYPE_Q8_0, x->n_in) * (size_t)x->n_out);
                 x->data = dst;
                 x->type = KC_TYPE_Q8_0_R8;
                 dst += kc_type_row_size(KC_TYPE_Q8_0, x->n_in) * (size_t)x->n_out;
