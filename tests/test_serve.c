@@ -44,8 +44,9 @@ static const char *worker_bin(void)
     return stack_sanitized() ? "build/asan/millrace-worker" : "build/millrace-worker";
 }
 
-/* Start a real worker on model; returns its index. */
-static int start_worker(const char *model, const char *extra)
+/* Start a real worker on model (extra: its --shutdown-grace-s; env: more
+ * environment, NULL-terminated, or NULL); returns its index. */
+static int start_worker_env(const char *model, const char *extra, char *const env[])
 {
     char log[200];
     snprintf(log, sizeof(log), "%s/worker-%d.log", dir, n_workers);
@@ -68,8 +69,13 @@ static int start_worker(const char *model, const char *extra)
                           "--shutdown-grace-s",
                           extra ? extra : "10",
                           NULL};
-    assert_int_equal(proc_start(&workers[n_workers], (char *const *)argv, NULL, log), 0);
+    assert_int_equal(proc_start(&workers[n_workers], (char *const *)argv, env, log), 0);
     return n_workers++;
+}
+
+static int start_worker(const char *model, const char *extra)
+{
+    return start_worker_env(model, extra, NULL);
 }
 
 static void stop_workers(void)
@@ -390,6 +396,35 @@ static void test_sigterm_on_a_busy_worker_hands_its_jobs_back(void **state)
     assert_int_equal(redis_counter("done"), N);
 }
 
+/*
+ * A step that fails (a broken backend) must not lose or silently requeue
+ * the worker's jobs: it hands each back charged (RETRY, so a job that keeps
+ * breaking workers is buried after its attempts) and exits 1; another
+ * worker then finishes them all, one result each.
+ */
+static void test_a_failed_step_hands_the_jobs_back_and_exits_1(void **state)
+{
+    (void)state;
+    enum { N = 4 };
+    char ids[N][64];
+    char *env[] = {"MILLRACE_FAIL_AFTER_STEPS=5", NULL};
+    int a = start_worker_env(small, NULL, env);
+    assert_int_equal(stack_wait_health(&st, 200, 20000), 0);
+    submit_many(N, "{\"text\": \"Once upon a time\", \"max_tokens\": 64, \"temperature\": 0}", ids);
+    int status = -1;
+    assert_int_equal(proc_wait(&workers[a], 30000, &status), 0);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 1);
+    long retried = redis_counter("retried");
+    printf("the failing worker exited 1 and handed back %ld job(s) charged\n", retried);
+    assert_true(retried >= 1 && retried <= N);
+    assert_int_equal(redis_counter("requeued"), 0); /* handed back, not left to the reaper */
+    start_worker(small, NULL);
+    assert_int_equal(wait_all_done(N, ids, 60), N);
+    assert_int_equal(redis_counter("done"), N);
+    assert_int_equal(redis_counter("failed"), 0);
+}
+
 static void test_a_cancelled_job_leaves_the_worker(void **state)
 {
     (void)state;
@@ -493,6 +528,8 @@ int main(void)
         cmocka_unit_test_teardown(test_num_samples_with_a_seed_are_reproducible, case_teardown),
         cmocka_unit_test_teardown(test_a_worker_killed_mid_generation_loses_nothing, case_teardown),
         cmocka_unit_test_teardown(test_sigterm_on_a_busy_worker_hands_its_jobs_back, case_teardown),
+        cmocka_unit_test_teardown(test_a_failed_step_hands_the_jobs_back_and_exits_1,
+                                  case_teardown),
         cmocka_unit_test_teardown(test_a_cancelled_job_leaves_the_worker, case_teardown),
         cmocka_unit_test_teardown(test_streamed_deltas_resume_and_add_up_to_the_text,
                                   case_teardown),

@@ -78,6 +78,7 @@ struct sched {
         int sample;
     } * sown;
     int *free_slots; /* (max_seqs) slots no sample holds */
+    long steps;      /* forward steps run, for fail_after_steps */
     int n_free_slots;
     struct sched_delta *deltas;
     int n_deltas, cap_deltas;
@@ -607,6 +608,11 @@ int sched_step(struct sched *s, struct sched_delta **deltas, int *n_deltas,
                               .block_tables = s->tables,
                               .n_logits = n_logits,
                               .logit_rows = s->rows};
+    if (s->o.fail_after_steps > 0 && ++s->steps > s->o.fail_after_steps) {
+        snprintf(err, errlen, "injected failure after %d steps (MILLRACE_FAIL_AFTER_STEPS)",
+                 s->o.fail_after_steps);
+        return -1;
+    }
     if (s->ops->forward(s->be, &b, s->host_sampling ? s->logits : NULL, err, errlen) < 0 ||
         take_tokens(s, n_logits, err, errlen) < 0)
         return -1;

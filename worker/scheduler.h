@@ -33,6 +33,8 @@ struct sched_opts {
     int kv_blocks;        /* blocks in the pool */
     int host_sampling;    /* choose tokens here from copied logits even when the
                              backend can sample where they are (tests compare) */
+    int fail_after_steps; /* > 0: steps after this many fail as a broken backend's
+                             would (tests of the worker's hand-back); 0: never */
 };
 
 struct sched;

@@ -445,6 +445,12 @@ int serve_main(int argc, char **argv)
                                 (int)(max_tokens < max_seqs ? max_seqs : max_tokens),
                             .block_size = (int)block_size,
                             .kv_blocks = (int)kv_blocks};
+    const char *fail = getenv("MILLRACE_FAIL_AFTER_STEPS"); /* tests only: not in --help */
+    if (fail && atoi(fail) > 0) {
+        so.fail_after_steps = atoi(fail);
+        log_warn("MILLRACE_FAIL_AFTER_STEPS=%d: every step after that many fails (a test)",
+                 so.fail_after_steps);
+    }
     if (sched_create(&sv.sched, model, &so, err, sizeof(err)) < 0) {
         log_error("%s", err);
         goto out;
