@@ -324,7 +324,7 @@ int sse_start(struct sse **out, const struct sse_opts *o, char *err, size_t errl
     h->ping_ms = o->ping_ms > 0 ? o->ping_ms : 15000;
     h->buffer_max = o->buffer_max > 0 ? o->buffer_max : 65536;
     pthread_mutex_init(&h->lock, NULL);
-    pthread_cond_init(&h->pump_cond, NULL);
+    clock_cond_init(&h->pump_cond); /* timed waits in sse_pump.c */
     pthread_cond_init(&h->waker_cond, NULL);
     char name[64];
     snprintf(name, sizeof(name), "mr:api-sse:%.40s", o->api_id);

@@ -324,14 +324,9 @@ static void read_streams(struct sse *h, struct pump_work *wk, unsigned long *cid
 {
     size_t nr = wk->n_reads;
     if (nr == 0) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += (long)h->block_ms * 1000000L;
-        ts.tv_sec += ts.tv_nsec / 1000000000L;
-        ts.tv_nsec %= 1000000000L;
         pthread_mutex_lock(&h->lock);
         if (!h->poked && !h->stopping)
-            pthread_cond_timedwait(&h->pump_cond, &h->lock, &ts);
+            clock_cond_wait_ms(&h->pump_cond, &h->lock, h->block_ms);
         pthread_mutex_unlock(&h->lock);
         return;
     }

@@ -106,14 +106,9 @@ static void *status_main(void *arg)
 {
     struct status *s = arg;
     while (!atomic_load(&s->stopping)) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += (long)s->refresh_ms * 1000000L;
-        ts.tv_sec += ts.tv_nsec / 1000000000L;
-        ts.tv_nsec %= 1000000000L;
         pthread_mutex_lock(&s->lock);
         if (!atomic_load(&s->stopping))
-            pthread_cond_timedwait(&s->wake, &s->lock, &ts);
+            clock_cond_wait_ms(&s->wake, &s->lock, s->refresh_ms);
         pthread_mutex_unlock(&s->lock);
         if (!atomic_load(&s->stopping))
             refresh(s);
@@ -132,7 +127,7 @@ int status_start(struct status **out, const struct redis_opts *ro, const struct 
     }
     s->refresh_ms = refresh_ms > 0 ? refresh_ms : 250;
     pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->wake, NULL);
+    clock_cond_init(&s->wake);
     struct redis_opts r = *ro;
     r.retry_ms = 0; /* a snapshot must not lag behind an outage */
     if (queue_create(&s->q, &r, qo, "mr:api-status", err, errlen) < 0)

@@ -317,14 +317,9 @@ static void *drain_main(void *arg)
 
 static void ticker_sleep(struct waiters *ws)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += (long)ws->tick_ms * 1000000L;
-    ts.tv_sec += ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
     pthread_mutex_lock(&ws->sleep_lock);
     if (!atomic_load(&ws->stopping))
-        pthread_cond_timedwait(&ws->sleep_cond, &ws->sleep_lock, &ts);
+        clock_cond_wait_ms(&ws->sleep_cond, &ws->sleep_lock, ws->tick_ms);
     pthread_mutex_unlock(&ws->sleep_lock);
 }
 
@@ -475,7 +470,7 @@ int waiters_start(struct waiters **out, const struct waiters_opts *o, char *err,
     }
     pthread_mutex_init(&ws->lock, NULL);
     pthread_mutex_init(&ws->sleep_lock, NULL);
-    pthread_cond_init(&ws->sleep_cond, NULL);
+    clock_cond_init(&ws->sleep_cond);
     snprintf(ws->api_id, sizeof(ws->api_id), "%s", o->api_id);
     ws->tick_ms = o->tick_ms > 0 ? o->tick_ms : 100;
     ws->recheck_ms = o->recheck_ms > 0 ? o->recheck_ms : 2000;
