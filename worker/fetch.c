@@ -588,8 +588,8 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
-/* Draw the bar or write a log line, at most 4 times a second (every time
- * when final). */
+/* Draw the bar, at most 4 times a second (every time when final), or write
+ * a log line at each tenth of the file and every 10 s. */
 static void progress(struct xfer *x, int final)
 {
     if (x->mode == FETCH_PROGRESS_NONE || !x->body)
@@ -602,8 +602,15 @@ static void progress(struct xfer *x, int final)
         x->last_decile = x->total ? (int)(done * 10 / x->total) : 0;
         return;
     }
-    if (!final && now - x->t_sample < 250)
-        return;
+    if (!final && now - x->t_sample < 250) {
+        if (x->mode == FETCH_PROGRESS_BAR)
+            return;
+        /* a log line is due at each tenth, however soon after the last sample
+         * (a fast end after a slow start crosses several between samples) */
+        int decile = x->total ? (int)(done * 10 / x->total) : 0;
+        if (decile <= x->last_decile && now - x->t_log < 10000)
+            return;
+    }
     if (now > x->t_sample) {
         double inst = (double)(done - x->sample_bytes) * 1000.0 / (double)(now - x->t_sample);
         x->speed = x->speed > 0 ? 0.7 * x->speed + 0.3 * inst : inst;
