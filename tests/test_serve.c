@@ -335,6 +335,21 @@ static long redis_counter(const char *name)
     return v;
 }
 
+/* Wait up to timeout_ms until some job is running; returns how many are. */
+static long wait_running(long timeout_ms)
+{
+    long running = 0;
+    for (int64_t end = clock_now_ms() + timeout_ms; running == 0 && clock_now_ms() < end;) {
+        redisReply *r = test_redis_cmd(&st.redis, "ZCARD {mr}:running");
+        assert_non_null(r);
+        running = r->integer;
+        freeReplyObject(r);
+        if (running == 0)
+            clock_sleep_ms(20);
+    }
+    return running;
+}
+
 /* Every job of ids ends done; returns how many were done. */
 static int wait_all_done(int n, char (*ids)[64], long timeout_s)
 {
@@ -361,8 +376,10 @@ static void test_a_worker_killed_mid_generation_loses_nothing(void **state)
     int a = start_worker(small, NULL);
     start_worker(small, NULL);
     assert_int_equal(stack_wait_health(&st, 200, 20000), 0);
-    submit_many(N, "{\"text\": \"Once upon a time\", \"max_tokens\": 96, \"temperature\": 0}", ids);
-    clock_sleep_ms(700); /* both workers are generating */
+    submit_many(N, "{\"text\": \"Once upon a time\", \"max_tokens\": 200, \"temperature\": 0}",
+                ids);
+    assert_true(wait_running(10000) > 0);
+    clock_sleep_ms(200); /* both workers are generating */
     redisReply *r = test_redis_cmd(&st.redis, "ZCARD {mr}:running");
     assert_non_null(r);
     long running = r->integer;
@@ -384,8 +401,9 @@ static void test_sigterm_on_a_busy_worker_hands_its_jobs_back(void **state)
     char ids[N][64];
     int a = start_worker(small, "0"); /* no grace: hand everything back at once */
     assert_int_equal(stack_wait_health(&st, 200, 20000), 0);
-    submit_many(N, "{\"text\": \"Once upon a time\", \"max_tokens\": 96, \"temperature\": 0}", ids);
-    clock_sleep_ms(500);
+    submit_many(N, "{\"text\": \"Once upon a time\", \"max_tokens\": 200, \"temperature\": 0}",
+                ids);
+    assert_true(wait_running(10000) > 0);
     int status = proc_stop(&workers[a], SIGTERM, 10000);
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     long released = redis_counter("released");
