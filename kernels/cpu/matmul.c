@@ -77,6 +77,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,18 +178,21 @@ static void kc_prep_r8(int8_t *q, float *d, int32_t *c, const float *x, int n)
 {
     kc_quantize_q8_0_split(q, d, x, n);
     for (int g = 0; g < n / (8 * KC_QK8_0); g++) {
-        int8_t v[8 * KC_QK8_0];
         int8_t *gq = q + g * 8 * KC_QK8_0;
-        memcpy(v, gq, sizeof(v));
         for (int j = 0; j < 8; j++) {
             int sum = 0;
-            for (int k = 0; k < 8; k++)
-                for (int i = 0; i < 4; i++) {
-                    gq[k * 32 + j * 4 + i] = v[j * KC_QK8_0 + 4 * k + i];
-                    sum += v[j * KC_QK8_0 + 4 * k + i];
-                }
+            for (int i = 0; i < KC_QK8_0; i++)
+                sum += gq[j * KC_QK8_0 + i];
             c[g * 8 + j] = -128 * sum;
         }
+        /* block j's 4-byte chunk k goes to column k, slot j: an 8 x 8
+         * transpose of 4-byte words */
+        uint32_t v[64], t[64];
+        memcpy(v, gq, sizeof(v));
+        for (int k = 0; k < 8; k++)
+            for (int j = 0; j < 8; j++)
+                t[k * 8 + j] = v[j * 8 + k];
+        memcpy(gq, t, sizeof(t));
     }
 }
 
@@ -1122,13 +1126,9 @@ KC_VNNI static void kc_tokens_r8_vnni(int rm, const struct kc_mm *m, const char 
 }
 #endif /* KC_X86 */
 
-static void kc_mm_thread(void *ctx, int i, int n)
+/* Rows [lo, hi) of m, on the path the CPU allows */
+static void kc_mm_rows(const struct kc_mm *m, int lo, int hi)
 {
-    const struct kc_mm *m = ctx;
-    int lo, hi;
-    kc_pool_split(m->n_out, 4, n, i, &lo, &hi);
-    if (lo >= hi)
-        return;
 #ifdef KC_X86
     const enum kc_isa isa = kc_cpu_isa();
     if (isa >= KC_ISA_AVX2) {
@@ -1157,6 +1157,37 @@ static void kc_mm_thread(void *ctx, int i, int n)
     kc_rows_scalar(m, lo, hi);
 }
 
+/*
+ * The rows are cut in n_chunks chunks (multiples of 4 rows) that the threads
+ * take in turn, so that a thread the OS pauses (the API, Redis or a client
+ * on the same cores) leaves its share to the others instead of holding up
+ * the step. Chunks of at least KC_MM_CHUNK_ROWS rows keep the 4 quarter
+ * streams of a chunk long (see kc_plan_rows); at most 4 per thread.
+ */
+#define KC_MM_CHUNK_ROWS 256
+
+struct kc_mm_job {
+    const struct kc_mm *m;
+    atomic_int next; /* the next chunk to take */
+    int n_chunks;
+};
+
+static void kc_mm_thread(void *ctx, int i, int n)
+{
+    struct kc_mm_job *job = ctx;
+    (void)i;
+    (void)n;
+    for (;;) {
+        const int c = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed);
+        if (c >= job->n_chunks)
+            return;
+        int lo, hi;
+        kc_pool_split(job->m->n_out, 4, job->n_chunks, c, &lo, &hi);
+        if (lo < hi)
+            kc_mm_rows(job->m, lo, hi);
+    }
+}
+
 void kc_matmul_prepared(struct kc_pool *p, float *y, const void *w, int n_out,
                         const struct kc_scratch *s)
 {
@@ -1175,7 +1206,12 @@ void kc_matmul_prepared(struct kc_pool *p, float *y, const void *w, int n_out,
         .xd = s->xd,
         .xc = s->xc,
     };
-    kc_pool_run(p, kc_mm_thread, &m);
+    const int n = p ? kc_pool_threads(p) : 1;
+    int per = n_out / (KC_MM_CHUNK_ROWS * n);
+    per = per < 1 ? 1 : per > 4 ? 4 : per;
+    struct kc_mm_job job = {.m = &m, .n_chunks = n * per};
+    atomic_init(&job.next, 0);
+    kc_pool_run(p, kc_mm_thread, &job);
 }
 
 void kc_matmul(struct kc_pool *p, float *y, const float *x, const void *w, int wtype, int n_tokens,
