@@ -596,21 +596,18 @@ static void progress(struct xfer *x, int final)
         return;
     int64_t now = clock_now_ms();
     uint64_t done = x->offset + x->written;
+    const int decile = x->total ? (int)(done * 10 / x->total) : 0;
     if (x->t_start == 0) {
         x->t_start = x->t_sample = x->t_log = now;
         x->sample_bytes = x->session_start = done;
-        x->last_decile = x->total ? (int)(done * 10 / x->total) : 0;
+        x->last_decile = decile;
         return;
     }
-    if (!final && now - x->t_sample < 250) {
-        if (x->mode == FETCH_PROGRESS_BAR)
-            return;
-        /* a log line is due at each tenth, however soon after the last sample
-         * (a fast end after a slow start crosses several between samples) */
-        int decile = x->total ? (int)(done * 10 / x->total) : 0;
-        if (decile <= x->last_decile && now - x->t_log < 10000)
-            return;
-    }
+    /* a log line is due at each tenth, however soon after the last sample (a
+     * fast end after a slow start crosses several between samples) */
+    const int log_due = final || decile > x->last_decile || now - x->t_log >= 10000;
+    if (!final && now - x->t_sample < 250 && (x->mode == FETCH_PROGRESS_BAR || !log_due))
+        return;
     if (now > x->t_sample) {
         double inst = (double)(done - x->sample_bytes) * 1000.0 / (double)(now - x->t_sample);
         x->speed = x->speed > 0 ? 0.7 * x->speed + 0.3 * inst : inst;
@@ -651,8 +648,7 @@ static void progress(struct xfer *x, int final)
         x->bar_drawn = 1;
         return;
     }
-    int decile = x->total ? (int)(done * 10 / x->total) : 0;
-    if (final || decile > x->last_decile || now - x->t_log >= 10000) {
+    if (log_due) {
         x->last_decile = decile;
         x->t_log = now;
         if (x->total)
