@@ -150,74 +150,71 @@ static void bench_matvec(struct kc_pool *pools[2], struct kc_scratch *s)
     }
 }
 
-/* seconds for all the matmuls of one decode step of the dim-768 model over
- * n_tokens tokens (sequences), weights w laid out layer by layer */
+/* The matmuls of one decode step of the bench-768 model (dim 768, 12
+ * layers, 4 KV heads, FFN 2048, vocab 32000), in order: Q, K, V, O, gate, up
+ * and down of each layer, then the LM head; weights laid out in that order */
+enum { STEP_LAYERS = 12, STEP_MATS = 7 * STEP_LAYERS + 1, STEP_MAXT = 16 };
+static const int step_shapes[8][2] = {{768, 768},  {768, 256},  {768, 256},  {768, 768},
+                                      {768, 2048}, {768, 2048}, {2048, 768}, {768, 32000}};
+
+/* (n_in, n_out) of matmul i of the step */
+static const int *step_shape(int i)
+{
+    return step_shapes[i < STEP_MATS - 1 ? i % 7 : 7];
+}
+
+static size_t step_bytes(int type, int i)
+{
+    return kc_type_row_size(type, step_shape(i)[0]) * step_shape(i)[1];
+}
+
+/* seconds for the step over n_tokens tokens (sequences), best of 10 */
 static double time_model_step(struct kc_pool *p, struct kc_scratch *s, const unsigned char *w,
                               int type, int n_tokens, const float *x, float *y)
 {
-    enum { LAYERS = 12, DIM = 768, KV = 256, FFN = 2048, VOCAB = 32000 };
-    const size_t sq = kc_type_row_size(type, DIM) * DIM, kv = kc_type_row_size(type, DIM) * KV;
-    const size_t up = kc_type_row_size(type, DIM) * FFN, down = kc_type_row_size(type, FFN) * DIM;
     double best = 1e9;
     for (int rep = 0; rep < 10; rep++) {
         double t0 = now();
         const unsigned char *q = w;
-        for (int l = 0; l < LAYERS; l++) {
-            kc_matmul(p, y, x, q, type, n_tokens, DIM, DIM, s);
-            kc_matmul(p, y, x, q += sq, type, n_tokens, DIM, KV, s);
-            kc_matmul(p, y, x, q += kv, type, n_tokens, DIM, KV, s);
-            kc_matmul(p, y, x, q += kv, type, n_tokens, DIM, DIM, s);
-            kc_matmul(p, y, x, q += sq, type, n_tokens, DIM, FFN, s);
-            kc_matmul(p, y, x, q += up, type, n_tokens, DIM, FFN, s);
-            kc_matmul(p, y, x, q += up, type, n_tokens, FFN, DIM, s);
-            q += down;
-        }
-        kc_matmul(p, y, x, q, type, n_tokens, DIM, VOCAB, s);
+        for (int i = 0; i < STEP_MATS; q += step_bytes(type, i), i++)
+            kc_matmul(p, y, x, q, type, n_tokens, step_shape(i)[0], step_shape(i)[1], s);
         double sec = now() - t0;
         best = sec < best ? sec : best;
     }
     return best;
 }
 
-/* every matmul of one decode step of the dim-768 model (the bench-768
- * preset: 12 heads, 4 KV heads), for 1 sequence and for batches of 8 and 16 */
+/* the step for 1 sequence and for batches of 8 and 16, in every type, and
+ * Q8_0 repacked as the CPU backend does where it does (Q8_0_R8) */
 static void bench_model_step(struct kc_pool *pools[2], struct kc_scratch *s)
 {
-    enum { LAYERS = 12, DIM = 768, KV = 256, FFN = 2048, VOCAB = 32000, MAXT = 16 };
     printf("\ndecode step of the bench-768 model (dim 768, 12 layers, 4 KV heads, FFN 2048, "
            "vocab 32000; matmuls only), tokens/s\n");
     printf("%-7s %9s %12s %12s %12s %12s\n", "type", "weights", "1 seq 1 thr", "1 seq 2 thr",
            "8 seqs 2 thr", "16 seqs 2 thr");
-    float *x = malloc((size_t)MAXT * FFN * sizeof *x),
-          *y = malloc((size_t)MAXT * VOCAB * sizeof *y);
-    for (int i = 0; i < MAXT * FFN; i++)
+    float *x = malloc((size_t)STEP_MAXT * 2048 * sizeof *x),
+          *y = malloc((size_t)STEP_MAXT * 32000 * sizeof *y);
+    for (int i = 0; i < STEP_MAXT * 2048; i++)
         x[i] = (float)(rnd() >> 8) / (1 << 24) - 0.5f;
     for (int t = 0; t <= N_TYPES; t++) {
-        /* last: Q8_0 repacked as the CPU backend does on this CPU (FFN 2048
-         * fits as well, so every matrix is Q8_0_R8) */
         const int type = t < N_TYPES ? types[t] : KC_TYPE_Q8_0_R8;
-        if (type == KC_TYPE_Q8_0_R8 && !kc_q8_0_r8_fits(DIM))
+        if (type == KC_TYPE_Q8_0_R8 && !kc_q8_0_r8_fits(768))
             break;
         const int wtype = type == KC_TYPE_Q8_0_R8 ? KC_TYPE_Q8_0 : type;
-        const size_t layer = kc_type_row_size(wtype, DIM) * (2 * DIM + 2 * KV + 2 * FFN) +
-                             kc_type_row_size(wtype, FFN) * DIM;
-        const size_t total = LAYERS * layer + kc_type_row_size(wtype, DIM) * VOCAB;
+        size_t total = 0;
+        for (int i = 0; i < STEP_MATS; i++)
+            total += step_bytes(wtype, i);
         unsigned char *w = alloc_weights(wtype, total);
-        if (type == KC_TYPE_Q8_0_R8) {
+        if (type == KC_TYPE_Q8_0_R8) { /* every shape fits */
             unsigned char *q = alloc_weights(wtype, total);
-            static const int shape[8][2] = {{DIM, DIM}, {DIM, KV},  {DIM, KV},  {DIM, DIM},
-                                            {DIM, FFN}, {DIM, FFN}, {FFN, DIM}, {DIM, VOCAB}};
             size_t off = 0;
-            for (int i = 0; i < 7 * LAYERS + 1; i++) { /* the layers' 7, then the LM head */
-                const int *sh = shape[i < 7 * LAYERS ? i % 7 : 7];
-                kc_pack_q8_0_r8(w + off, q + off, sh[0], sh[1]);
-                off += kc_type_row_size(wtype, sh[0]) * sh[1];
-            }
+            for (int i = 0; i < STEP_MATS; off += step_bytes(wtype, i), i++)
+                kc_pack_q8_0_r8(w + off, q + off, step_shape(i)[0], step_shape(i)[1]);
             free(q);
         }
         printf("%-7s %6.0f MB", kc_type_name(type), total / 1e6);
         printf(" %12.1f", 1 / time_model_step(pools[0], s, w, type, 1, x, y));
-        static const int batch[] = {1, 8, MAXT};
+        static const int batch[] = {1, 8, STEP_MAXT};
         for (int b = 0; b < 3; b++)
             printf(" %12.1f", batch[b] / time_model_step(pools[1], s, w, type, batch[b], x, y));
         printf("\n");

@@ -146,6 +146,12 @@ static void drop_pages(const void *p, size_t n)
         madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
+/* Whether w is a Q8_0 projection of the file that kc_q8_0_r8_fits */
+static int repackable(const struct model_weight *w)
+{
+    return w->data && w->type == KC_TYPE_Q8_0 && kc_q8_0_r8_fits(w->n_in);
+}
+
 /* The projections the kernels read: the model's, with every Q8_0 one that
  * kc_q8_0_r8_fits repacked into c->packed (and its pages of the file let
  * go). */
@@ -173,7 +179,7 @@ static int pack_weights(struct cpu_backend *c)
     w[n++] = &c->output;
     size_t bytes = 0;
     for (int i = 0; i < n; i++)
-        if (w[i]->data && w[i]->type == KC_TYPE_Q8_0 && kc_q8_0_r8_fits(w[i]->n_in))
+        if (repackable(w[i]))
             bytes += kc_type_row_size(KC_TYPE_Q8_0, w[i]->n_in) * (size_t)w[i]->n_out;
     int rc = 0;
     if (bytes > 0) {
@@ -186,7 +192,7 @@ static int pack_weights(struct cpu_backend *c)
             char *dst = c->packed;
             for (int i = 0; i < n; i++) {
                 struct model_weight *x = w[i];
-                if (!x->data || x->type != KC_TYPE_Q8_0 || !kc_q8_0_r8_fits(x->n_in))
+                if (!repackable(x))
                     continue;
                 struct pack_job job = {dst, x->data, x->n_in, x->n_out};
                 kc_pool_run(c->pool, pack_thread, &job);
