@@ -78,34 +78,44 @@ static __device__ int id_of(unsigned long long key)
 
 /* ---- block reductions (blockDim.x == SMP_THREADS) ---- */
 
-static __device__ double block_sum_d(double v, smp_shared &sh)
+/* v reduced by op over the block (every thread gets it); red: 32 shared
+ * slots. The same order of operations in every run. */
+template <typename T, typename Op> static __device__ T block_reduce(T v, T *red, Op op)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
+        v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     __syncthreads();
     if (lane == 0)
-        sh.red_d[warp] = v;
+        red[warp] = v;
     __syncthreads();
-    v = sh.red_d[lane];
+    v = red[lane];
     for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
+        v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+}
+
+struct op_add_d {
+    __device__ double operator()(double a, double b) const
+    {
+        return a + b;
+    }
+};
+struct op_min_i {
+    __device__ int operator()(int a, int b) const
+    {
+        return min(a, b);
+    }
+};
+
+static __device__ double block_sum_d(double v, smp_shared &sh)
+{
+    return block_reduce(v, sh.red_d, op_add_d());
 }
 
 static __device__ int block_min_i(int v, smp_shared &sh)
 {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int o = 16; o > 0; o >>= 1)
-        v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
-    __syncthreads();
-    if (lane == 0)
-        sh.red_i[warp] = v;
-    __syncthreads();
-    v = sh.red_i[lane];
-    for (int o = 16; o > 0; o >>= 1)
-        v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
+    return block_reduce(v, sh.red_i, op_min_i());
 }
 
 static __device__ int block_max_i(int v, smp_shared &sh)
