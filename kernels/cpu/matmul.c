@@ -934,74 +934,6 @@ static KC_VNNI_INLINE void kc_tile_q8_vnni(int pf, int rm, int rn, const char *w
     }
 }
 
-/* rm rows x all the tokens of m over [b0, b1), in tiles of about equal size:
- * ceil(n / KC_VRN) tiles of rm rows, or, for 4 rows, 2 passes of 2 rows
- * over ceil(n / KC_VRN2) tiles (kc_q8_vnni_pairs says when) */
-static KC_VNNI_INLINE void kc_tokens_q8_vnni_t(int rm, int per_tile, const struct kc_mm *m,
-                                               const char *w, size_t ws, float *y, int yr, int b0,
-                                               int b1)
-{
-    const int nb = m->n_in / KC_QK8_0, n = m->n_tokens;
-    const int n_tiles = (n + per_tile - 1) / per_tile;
-    for (int i = 0, t = 0; t < n; i++) {
-        const int rn = n / n_tiles + (i < n % n_tiles);
-        const int8_t *xq = m->xq + (size_t)t * m->xs;
-        const float *xd = m->xd + (size_t)t * nb;
-        float *yt = y + (size_t)t * m->n_out;
-        const int pf = t == 0 && n >= KC_Q8_PREFETCH_MIN && n <= KC_MM_STREAM_TOKENS;
-#define KC_TILE(RN) kc_tile_q8_vnni(pf, rm, RN, w, ws, xq, m->xs, xd, nb, yt, m->n_out, yr, b0, b1)
-        switch (rn) {
-        case 8:
-            KC_TILE(8);
-            break;
-        case 7:
-            KC_TILE(7);
-            break;
-        case 6:
-            KC_TILE(6);
-            break;
-        case 5:
-            KC_TILE(5);
-            break;
-        case 4:
-            KC_TILE(4);
-            break;
-        case 3:
-            KC_TILE(3);
-            break;
-        case 2:
-            KC_TILE(2);
-            break;
-        default:
-            KC_TILE(1);
-            break;
-        }
-#undef KC_TILE
-        t += rn;
-    }
-}
-
-/* Whether 4 rows x n tokens go as 2 passes of 2 rows x tiles of 7 or 8
- * tokens (see the comment above) */
-static int kc_q8_vnni_pairs(int n)
-{
-    return n <= KC_MM_STREAM_TOKENS && n / ((n + KC_VRN2 - 1) / KC_VRN2) >= 7;
-}
-
-/* kc_tokens_q8_avx2 with VNNI */
-KC_VNNI static void kc_tokens_q8_vnni(int rm, const struct kc_mm *m, const char *w, size_t ws,
-                                      float *y, int yr, int b0, int b1)
-{
-    if (rm == 4 && kc_q8_vnni_pairs(m->n_tokens)) {
-        kc_tokens_q8_vnni_t(2, KC_VRN2, m, w, ws, y, yr, b0, b1);
-        kc_tokens_q8_vnni_t(2, KC_VRN2, m, w + 2 * ws, ws, y + 2 * (size_t)yr, yr, b0, b1);
-    } else if (rm == 4) {
-        kc_tokens_q8_vnni_t(4, KC_VRN, m, w, ws, y, yr, b0, b1);
-    } else {
-        kc_tokens_q8_vnni_t(1, KC_VRN, m, w, ws, y, yr, b0, b1);
-    }
-}
-
 /*
  * Q8_0_R8 with AVX512_VNNI. In the repacked rows (matmul.h) a 32-byte load
  * holds 4 values of each of 8 blocks, so a vpdpbusd adds to each int32 lane
@@ -1084,20 +1016,44 @@ static KC_VNNI_INLINE void kc_tile_r8_vnni(int rm, int rn, const char *w, size_t
     }
 }
 
-/* rm rows x all the tokens of m, in ceil(n / KC_R8RN) tiles of about equal size */
-static KC_VNNI_INLINE void kc_tokens_r8_vnni_t(int rm, const struct kc_mm *m, const char *w,
-                                               size_t ws, float *y, int yr, int b0, int b1)
+/*
+ * rm rows x all the tokens of m over [b0, b1), in ceil(n / per_tile) tiles of
+ * about equal size: Q8_0 tiles (kc_tile_q8_vnni: rm 4 or 1 with per_tile
+ * KC_VRN, rm 2 with KC_VRN2) or, r8, Q8_0_R8 ones (kc_tile_r8_vnni, per_tile
+ * KC_R8RN).
+ */
+static KC_VNNI_INLINE void kc_tokens_vnni_t(int r8, int rm, int per_tile, const struct kc_mm *m,
+                                            const char *w, size_t ws, float *y, int yr, int b0,
+                                            int b1)
 {
     const int nb = m->n_in / KC_QK8_0, n = m->n_tokens;
-    const int n_tiles = (n + KC_R8RN - 1) / KC_R8RN;
+    const int n_tiles = (n + per_tile - 1) / per_tile;
     for (int i = 0, t = 0; t < n; i++) {
         const int rn = n / n_tiles + (i < n % n_tiles);
         const int8_t *xq = m->xq + (size_t)t * m->xs;
         const float *xd = m->xd + (size_t)t * nb;
-        const int32_t *xc = m->xc + (size_t)t * nb;
+        const int32_t *xc = r8 ? m->xc + (size_t)t * nb : NULL;
         float *yt = y + (size_t)t * m->n_out;
-#define KC_TILE(RN) kc_tile_r8_vnni(rm, RN, w, ws, xq, m->xs, xd, xc, nb, yt, m->n_out, yr, b0, b1)
+        const int pf = t == 0 && n >= KC_Q8_PREFETCH_MIN && n <= KC_MM_STREAM_TOKENS;
+        /* an R8 tile never has more than KC_R8RN tokens; the clamp only keeps
+         * the unused instantiations in bounds */
+#define KC_TILE(RN)                                                                                \
+    (r8 ? kc_tile_r8_vnni(rm, (RN) < KC_R8RN ? (RN) : KC_R8RN, w, ws, xq, m->xs, xd, xc, nb, yt,   \
+                          m->n_out, yr, b0, b1)                                                    \
+        : kc_tile_q8_vnni(pf, rm, RN, w, ws, xq, m->xs, xd, nb, yt, m->n_out, yr, b0, b1))
         switch (rn) {
+        case 8:
+            KC_TILE(8);
+            break;
+        case 7:
+            KC_TILE(7);
+            break;
+        case 6:
+            KC_TILE(6);
+            break;
+        case 5:
+            KC_TILE(5);
+            break;
         case 4:
             KC_TILE(4);
             break;
@@ -1116,13 +1072,34 @@ static KC_VNNI_INLINE void kc_tokens_r8_vnni_t(int rm, const struct kc_mm *m, co
     }
 }
 
+/* Whether 4 rows x n tokens go as 2 passes of 2 rows x tiles of 7 or 8
+ * tokens (see the comment above) */
+static int kc_q8_vnni_pairs(int n)
+{
+    return n <= KC_MM_STREAM_TOKENS && n / ((n + KC_VRN2 - 1) / KC_VRN2) >= 7;
+}
+
+/* kc_tokens_q8_avx2 with VNNI */
+KC_VNNI static void kc_tokens_q8_vnni(int rm, const struct kc_mm *m, const char *w, size_t ws,
+                                      float *y, int yr, int b0, int b1)
+{
+    if (rm == 4 && kc_q8_vnni_pairs(m->n_tokens)) {
+        kc_tokens_vnni_t(0, 2, KC_VRN2, m, w, ws, y, yr, b0, b1);
+        kc_tokens_vnni_t(0, 2, KC_VRN2, m, w + 2 * ws, ws, y + 2 * (size_t)yr, yr, b0, b1);
+    } else if (rm == 4) {
+        kc_tokens_vnni_t(0, 4, KC_VRN, m, w, ws, y, yr, b0, b1);
+    } else {
+        kc_tokens_vnni_t(0, 1, KC_VRN, m, w, ws, y, yr, b0, b1);
+    }
+}
+
 KC_VNNI static void kc_tokens_r8_vnni(int rm, const struct kc_mm *m, const char *w, size_t ws,
                                       float *y, int yr, int b0, int b1)
 {
     if (rm == 4)
-        kc_tokens_r8_vnni_t(4, m, w, ws, y, yr, b0, b1);
+        kc_tokens_vnni_t(1, 4, KC_R8RN, m, w, ws, y, yr, b0, b1);
     else
-        kc_tokens_r8_vnni_t(1, m, w, ws, y, yr, b0, b1);
+        kc_tokens_vnni_t(1, 1, KC_R8RN, m, w, ws, y, yr, b0, b1);
 }
 #endif /* KC_X86 */
 
